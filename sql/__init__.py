@@ -1,0 +1,1 @@
+"""The migrations and named queries, shipped inside the package."""
