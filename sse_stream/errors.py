@@ -1,0 +1,23 @@
+"""One exception tree; handlers turn it into problem+json at the boundary."""
+
+from __future__ import annotations
+
+
+class SseStreamError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class InvalidInput(SseStreamError):
+    """Client input that cannot be accepted; `param` names what was wrong."""
+
+    status = 400
+
+    def __init__(self, param: str, detail: str, status: int = 400) -> None:
+        super().__init__(f"{param}: {detail}")
+        self.param = param
+        self.detail = detail
+        self.status = status
+
+
+class DatabaseUnavailable(SseStreamError):
+    """PostgreSQL could not be reached or the connection broke mid-query."""

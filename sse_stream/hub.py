@@ -1,0 +1,305 @@
+"""The Hub: one per process. One read per wake-up, shared by every stream.
+
+The hub keeps a watermark: every event at or before it has been handed to
+every live subscription that matches it. On each wake-up (a NOTIFY, a poll
+timeout, a listener reconnect) it reads the final events after the
+watermark, in pages, encodes each once, and writes each subscription's share
+in one write. Streams that start from an old position, or fall too far
+behind, catch up from the table on their own task and then join the live
+flow; the join and the fan-out never interleave (no await between them), so
+nothing falls into the seam and nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Collection
+
+from .errors import DatabaseUnavailable
+from .events import ORIGIN, Event, Position
+from .patterns import StreamPattern
+from .response import KEEPALIVE
+from .settings import Settings
+from .store import EventStore, Page
+from .subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+HELD_POLL = 0.025  # seconds between reads while an open transaction holds rows back
+
+
+class Hub:
+    def __init__(self, store: EventStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.watermark = ORIGIN
+        self.last_event = ORIGIN  # the newest event the hub has read
+        self.started = asyncio.Event()
+        self.ready = False  # the last read reached the database
+        self.closing = False
+        self._doorbell = asyncio.Event()
+        self._held = False
+        self._exact: dict[str, set[Subscription]] = {}
+        self._patterns: dict[str, tuple[StreamPattern, set[Subscription]]] = {}
+        self.subscriptions: set[Subscription] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Counters for /metrics and for tests.
+        self.wakeups = 0
+        self.events_read = 0
+        self.delivered = 0
+        self.replayed = 0
+        self.catchups = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(), name="sse-stream hub"),
+                       asyncio.create_task(self._heartbeat(), name="sse-stream heartbeat")]
+
+    def wake(self) -> None:
+        """Ring the doorbell: new rows may exist. Safe to call from callbacks."""
+        self._doorbell.set()
+
+    def end_streams(self) -> None:
+        """End every open stream (shutdown): clients reconnect elsewhere."""
+        self.closing = True
+        for subscription in list(self.subscriptions):
+            subscription.close()
+
+    async def stop(self) -> None:
+        self.end_streams()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    # -- the shared read -----------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                if not self.started.is_set():
+                    self.watermark = await self.store.horizon()
+                    self.started.set()
+                await self._read_new()
+                self.ready = True
+                backoff = 0.1
+                timeout = HELD_POLL if self._held else self.settings.poll_interval
+            except DatabaseUnavailable as error:
+                if self.ready:
+                    log.warning("database unavailable, streams stay open: %s", error)
+                self.ready = False
+                timeout = backoff
+                backoff = min(backoff * 2, 5.0)
+            try:
+                await asyncio.wait_for(self._doorbell.wait(), timeout)
+            except TimeoutError:
+                pass
+            # Cleared before the read: a NOTIFY during the read rings again.
+            self._doorbell.clear()
+
+    async def _read_new(self) -> None:
+        self.wakeups += 1
+        while True:
+            page = await self.store.read_live(self.watermark, self.settings.page_size)
+            self._fan_out(page)
+            if not page.full:
+                self._held = page.held
+                return
+
+    def _candidates(self, stream: str) -> Collection[Subscription]:
+        found = self._exact.get(stream)
+        merged: set[Subscription] | None = None
+        for pattern, subscriptions in self._patterns.values():
+            if pattern.matches(stream):
+                if merged is None:
+                    merged = set(found) if found else set()
+                merged |= subscriptions
+        if merged is not None:
+            return merged
+        return found if found is not None else ()
+
+    def _fan_out(self, page: Page) -> None:
+        """Hand a page to every live subscription: one write each. No awaits."""
+        events = page.events
+        batches: dict[Subscription, list[bytes]] = {}
+        if events:
+            self.events_read += len(events)
+            by_stream: dict[str, Collection[Subscription]] = {}
+            for event in events:
+                candidates = by_stream.get(event.stream)
+                if candidates is None:
+                    candidates = by_stream[event.stream] = self._candidates(event.stream)
+                for subscription in candidates:
+                    if event.position > subscription.skip_until and subscription.selector.accepts(event):
+                        batch = batches.get(subscription)
+                        if batch is None:
+                            batch = batches[subscription] = []
+                        batch.append(event.sse)
+                        subscription.sent = event.position
+            self.last_event = events[-1].position
+        self.watermark = page.covered
+        limit = self.settings.max_pending
+        for subscription, batch in batches.items():
+            subscription.write(b"".join(batch))
+            subscription.events_sent += len(batch)
+            self.delivered += len(batch)
+            if subscription.response.pending_bytes() > limit:
+                # Too far behind: stop buffering for it. It has been handed
+                # every match up to the watermark; it reads the rest itself.
+                self._leave(subscription)
+                subscription.cursor = page.covered
+                subscription.signal.set()
+                self.catchups += 1
+
+    # -- subscriptions ---------------------------------------------------------
+
+    def _join(self, subscription: Subscription) -> None:
+        subscription.live = True
+        subscription.skip_until = subscription.cursor
+        for pattern in subscription.selector.patterns:
+            if pattern.is_exact:
+                self._exact.setdefault(pattern.text, set()).add(subscription)
+            else:
+                entry = self._patterns.get(pattern.text)
+                if entry is None:
+                    entry = self._patterns[pattern.text] = (pattern, set())
+                entry[1].add(subscription)
+
+    def _leave(self, subscription: Subscription) -> None:
+        if not subscription.live:
+            return
+        subscription.live = False
+        for pattern in subscription.selector.patterns:
+            if pattern.is_exact:
+                members = self._exact.get(pattern.text)
+                if members is not None:
+                    members.discard(subscription)
+                    if not members:
+                        del self._exact[pattern.text]
+            else:
+                entry = self._patterns.get(pattern.text)
+                if entry is not None:
+                    entry[1].discard(subscription)
+                    if not entry[1]:
+                        del self._patterns[pattern.text]
+
+    async def serve(self, subscription: Subscription, start: Position | None,
+                    follow: bool = True) -> None:
+        """Run one stream until the client leaves or the server shuts down.
+
+        `start` None means live only; otherwise replay after `start` first.
+        With `follow` False the stream ends once it has caught up.
+        """
+        self.subscriptions.add(subscription)
+        try:
+            await self._wait_started(subscription)
+            if start is None:
+                # Live only: start at a fresh horizon, so events committed
+                # before the request that the hub has not read yet stay out.
+                try:
+                    horizon = await self.store.horizon()
+                except DatabaseUnavailable:
+                    horizon = self.watermark
+                here = max(horizon, self.watermark)
+                subscription.cursor = subscription.sent = here
+                # A bare id line: a client that reconnects before its first
+                # event resumes from here instead of starting live again.
+                subscription.write(b"id: %s\n\n" % here.encode().encode())
+                self._join(subscription)
+            else:
+                subscription.cursor = subscription.sent = start
+            while not subscription.closed and not self.closing:
+                if subscription.live:
+                    await subscription.signal.wait()
+                    subscription.signal.clear()
+                elif await self._catch_up(subscription, follow):
+                    if not follow:
+                        return
+        finally:
+            self._leave(subscription)
+            self.subscriptions.discard(subscription)
+
+    async def _wait_started(self, subscription: Subscription) -> None:
+        while not self.started.is_set() and not subscription.closed:
+            waiter = asyncio.ensure_future(subscription.signal.wait())
+            started = asyncio.ensure_future(self.started.wait())
+            try:
+                await asyncio.wait([waiter, started], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                started.cancel()
+            subscription.signal.clear()
+
+    async def _catch_up(self, subscription: Subscription, follow: bool) -> bool:
+        """Replay from the table; True once caught up (and, if following, live)."""
+        response = subscription.response
+        sql, params = subscription.sql
+        backoff = 0.1
+        while not subscription.closed and not self.closing:
+            try:
+                # Wait for the socket first: a slow client reads at its own pace.
+                await response.drain()
+                page = await self.store.read_selected(
+                    subscription.cursor, self.settings.page_size, sql, params,
+                    replica=self.store.replica_dsn is not None)
+            except ConnectionError:
+                subscription.close()
+                return False
+            except DatabaseUnavailable:
+                try:
+                    await asyncio.wait_for(subscription.signal.wait(), backoff)
+                except TimeoutError:
+                    pass
+                subscription.signal.clear()
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self._write_page(subscription, page.events)
+            subscription.cursor = page.covered
+            if page.full:
+                continue
+            if subscription.cursor > subscription.sent:
+                # Move the client's position past what it did not match.
+                subscription.write(b"id: %s\n\n" % subscription.cursor.encode().encode())
+                subscription.sent = subscription.cursor
+            if not follow:
+                return True
+            if subscription.cursor >= self.watermark:
+                # No await between this check and the join: the hub's next
+                # fan-out starts after the watermark and skips up to cursor.
+                self._join(subscription)
+                return True
+        return False
+
+    def _write_page(self, subscription: Subscription, events: list[Event]) -> None:
+        if events:
+            subscription.write(b"".join(event.sse for event in events))
+            subscription.sent = events[-1].position
+            subscription.events_sent += len(events)
+            self.replayed += len(events)
+
+    # -- heartbeats ---------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """One timer for all streams: a keepalive only where it was silent."""
+        interval = self.settings.heartbeat
+        tick = max(0.02, interval / 4)
+        while True:
+            await asyncio.sleep(tick)
+            silent_since = time.monotonic() - (interval - tick)
+            for subscription in list(self.subscriptions):
+                if subscription.response.is_closing():
+                    subscription.close()
+                elif subscription.last_write <= silent_since:
+                    if subscription.live and self.last_event > subscription.sent:
+                        # Events passed that it did not match: move its position.
+                        subscription.sent = self.watermark
+                        subscription.write(b": keepalive\nid: %s\n\n" % self.watermark.encode().encode())
+                    else:
+                        subscription.write(KEEPALIVE)

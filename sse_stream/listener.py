@@ -1,0 +1,85 @@
+"""The one LISTEN connection of a process: doorbell, keepalive, reconnect.
+
+A notification only says "read the table". When the connection is lost the
+listener reconnects with backoff and rings the doorbell once connected
+again, so the hub reads everything committed while nobody listened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+CHANNEL = "sse_stream"
+
+
+class Listener:
+    def __init__(self, dsn: str, on_notify: Callable[[], None], *, keepalive: float = 10.0) -> None:
+        self.dsn = dsn
+        self.on_notify = on_notify
+        self.keepalive = keepalive
+        self.connected = False
+        self.reconnects = 0
+        self.notifications = 0
+        self._task: asyncio.Task[None] | None = None
+        self._connection: asyncpg.Connection | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sse-stream listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process id of the LISTEN connection (for tests)."""
+        return None if self._connection is None else self._connection.get_server_pid()
+
+    def _notified(self, *_: Any) -> None:
+        # asyncpg calls this from its protocol; it must not block or await.
+        self.notifications += 1
+        self.on_notify()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            lost = asyncio.Event()
+            try:
+                connection = await asyncio.wait_for(asyncpg.connect(self.dsn), 10)
+                self._connection = connection
+                connection.add_termination_listener(lambda _: lost.set())
+                await connection.add_listener(CHANNEL, self._notified)
+                log.info("listener connected")
+                self.connected = True
+                backoff = 0.1
+                # Anything committed while nobody listened is in the table.
+                self.on_notify()
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), self.keepalive)
+                    except TimeoutError:
+                        # A health check: a half-open TCP connection would
+                        # otherwise look alive and silent forever.
+                        await asyncio.wait_for(connection.fetchval("SELECT 1"), self.keepalive)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("listener connection lost: %s", error or type(error).__name__)
+            finally:
+                if self.connected:
+                    self.reconnects += 1
+                self.connected = False
+                if self._connection is not None:
+                    self._connection.terminate()
+                    self._connection = None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)

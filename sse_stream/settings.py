@@ -1,0 +1,75 @@
+"""One Settings object. Every field is a CLI flag and an SSE_STREAM_* variable.
+
+`Settings.load(**flags)` takes, for each field, the command-line value if one
+was given, else the environment variable SSE_STREAM_<FIELD> (DATABASE_URL
+stands in for SSE_STREAM_DSN), else the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+
+def env_name(field_name: str) -> str:
+    return "SSE_STREAM_" + field_name.upper()
+
+
+@dataclass(frozen=True)
+class Settings:
+    dsn: str | None = field(default=None, metadata={"help": "PostgreSQL DSN (default: embedded)"})
+    replica_dsn: str | None = field(default=None, metadata={"help": "DSN for replay reads"})
+    data_dir: str = field(default=".sse-stream/pgdata",
+                          metadata={"help": "data folder of the embedded PostgreSQL"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8080, metadata={"help": "port to listen on"})
+    workers: int = field(default=1, metadata={"help": "server processes sharing the port"})
+    no_migrate: bool = field(default=False, metadata={"help": "do not migrate at start"})
+    heartbeat: float = field(default=15.0, metadata={"help": "seconds of silence before a keepalive"})
+    retry: int = field(default=2000, metadata={"help": "reconnect delay sent to clients (ms)"})
+    poll_interval: float = field(default=1.0,
+                                 metadata={"help": "seconds between reads when no NOTIFY arrives"})
+    page_size: int = field(default=1000, metadata={"help": "rows per database read"})
+    max_pending: int = field(default=1 << 20,
+                             metadata={"help": "bytes a client may have unsent before it is "
+                                               "moved to catching up from the table"})
+    pool_size: int = field(default=4, metadata={"help": "database connections per process"})
+    listener_keepalive: float = field(default=10.0,
+                                      metadata={"help": "seconds between listener health checks"})
+    shutdown_timeout: float = field(default=10.0,
+                                    metadata={"help": "seconds to end streams on shutdown"})
+    log_level: str = field(default="INFO", metadata={"help": "logging level"})
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            if flags.get(item.name) is not None:
+                values[item.name] = flags[item.name]
+                continue
+            raw = env.get(env_name(item.name))
+            if raw is None and item.name == "dsn":
+                raw = env.get("DATABASE_URL")
+            if raw is not None:
+                values[item.name] = _convert(item, raw)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(item: dataclasses.Field[Any], raw: str) -> Any:
+    kind = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", "")
+    try:
+        if kind == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as error:
+        raise ValueError(f"{env_name(item.name)}={raw!r}: {error}") from error
+    return raw or None if kind.startswith("str |") else raw

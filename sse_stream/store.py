@@ -1,0 +1,143 @@
+"""EventStore: every database read and write of the server.
+
+The only module, with listener.py and migrate.py, that talks to asyncpg.
+asyncpg and OS errors are translated to DatabaseUnavailable here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import asyncpg
+import orjson
+
+from .errors import DatabaseUnavailable
+from .events import Event, Position
+from .queries import query
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database is not there right now", not "bad query".
+_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+                asyncpg.ConnectionDoesNotExistError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Page:
+    """Events read from the table and how far the read is final.
+
+    `covered` is the position up to which the reader has seen every row it
+    asked for: the last event when the page is full, else the snapshot horizon.
+    `held` is true when committed rows exist beyond `covered` that an older,
+    still-open transaction keeps from being final: read again soon.
+    """
+
+    events: list[Event]
+    covered: Position
+    held: bool
+    full: bool
+
+
+def _events(rows: Sequence[asyncpg.Record]) -> list[Event]:
+    return [Event.from_row(r["xid"], r["id"], r["stream"], r["type"], r["data"], r["created_at"])
+            for r in rows if r["id"] is not None]
+
+
+class EventStore:
+    """A pool for reads and writes, plus an optional replica pool for replay."""
+
+    def __init__(self, dsn: str, *, replica_dsn: str | None = None, pool_size: int = 4) -> None:
+        self.dsn = dsn
+        self.replica_dsn = replica_dsn
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._replica: asyncpg.Pool | None = None
+        self.reads = 0  # shared and catch-up reads, for tests and metrics
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
+                                               command_timeout=60)
+        if self.replica_dsn:
+            self._replica = await asyncpg.create_pool(self.replica_dsn, min_size=1,
+                                                      max_size=self.pool_size, command_timeout=60)
+
+    async def close(self) -> None:
+        for pool in (self._pool, self._replica):
+            if pool is not None:
+                try:
+                    # A graceful close waits for every connection to be
+                    # released; after a database restart some never are.
+                    await asyncio.wait_for(pool.close(), 5)
+                except (TimeoutError, *_UNAVAILABLE):
+                    pool.terminate()
+
+    @asynccontextmanager
+    async def _connection(self, replica: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        pool = self._replica if replica and self._replica is not None else self._pool
+        if pool is None:
+            raise DatabaseUnavailable("the store is not open")
+        try:
+            async with pool.acquire() as connection:
+                yield connection
+        except _UNAVAILABLE as error:
+            raise DatabaseUnavailable(str(error) or type(error).__name__) from error
+
+    async def horizon(self) -> Position:
+        """A position before every event not yet final: where live starts."""
+        async with self._connection() as connection:
+            xmin = await connection.fetchval(query("snapshot_xmin"))
+        return Position.after_horizon(xmin)
+
+    async def read_live(self, after: Position, limit: int) -> Page:
+        """The shared read of a wake-up: the final events after `after`."""
+        self.reads += 1
+        async with self._connection() as connection:
+            rows = await connection.fetch(query("read_live"), str(after.xid), after.id, limit)
+        xmin: int = rows[0]["xmin"]
+        final = [r for r in rows if r["id"] is not None and r["xid"] < xmin]
+        held = len(final) < len(rows) and rows[0]["id"] is not None
+        full = len(rows) == limit and not held
+        events = _events(final)
+        # Held rows sort after every final row, so a page that holds some has
+        # read every final row: it covers the whole horizon.
+        covered = events[-1].position if full else max(after, Position.after_horizon(xmin))
+        return Page(events, covered, held, full)
+
+    async def read_selected(self, after: Position, limit: int, selector_sql: str,
+                            params: Sequence[Any], *, replica: bool = False) -> Page:
+        """One page of a subscriber's catch-up, filtered in SQL."""
+        self.reads += 1
+        sql = query("read_selected").replace("{selector}", selector_sql)
+        async with self._connection(replica) as connection:
+            rows = await connection.fetch(sql, str(after.xid), after.id, limit, *params)
+        xmin: int = rows[0]["xmin"]
+        events = _events(rows)
+        full = len(events) == limit
+        covered = events[-1].position if full else max(after, Position.after_horizon(xmin))
+        return Page(events, covered, False, full)
+
+    async def pruned_position(self) -> Position | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(query("pruned_position"))
+        return None if row is None else Position(row[0], row[1])
+
+    async def publish(self, stream: str, items: Iterable[tuple[str, Any]]) -> list[int]:
+        """Write events to one stream in one transaction; return their ids."""
+        types: list[str] = []
+        datas: list[str] = []
+        for type_, data in items:
+            types.append(type_)
+            datas.append(orjson.dumps(data).decode())
+        async with self._connection() as connection:
+            rows = await connection.fetch(query("publish_batch"), stream, types, datas)
+        return [row[0] for row in rows]
+
+    async def ping(self) -> None:
+        async with self._connection() as connection:
+            await connection.fetchval("SELECT 1")

@@ -1,0 +1,117 @@
+"""What one client asked for (a Selector) and where it is (a Subscription)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from .events import Event, Position
+from .patterns import StreamPattern, TypeFilter
+from .response import SseResponse
+
+# Parameters $1..$3 of read_selected are the position and the page size.
+FIRST_SELECTOR_PARAM = 4
+
+
+class DataPredicate(Protocol):
+    """A parsed data filter: the same meaning in Python and in SQL."""
+
+    def matches(self, data: Any) -> bool: ...
+
+    def to_sql(self, column: str, bind: Callable[[Any], str]) -> str:
+        """SQL over the jsonb `column`; `bind(value)` returns a placeholder."""
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Streams (names and patterns), types and data filters of a subscription."""
+
+    patterns: tuple[StreamPattern, ...]
+    types: TypeFilter | None = None
+    data: DataPredicate | None = None
+
+    def matches_stream(self, stream: str) -> bool:
+        return any(p.matches(stream) for p in self.patterns)
+
+    def accepts(self, event: Event) -> bool:
+        """Types and data only: the hub has matched the stream already."""
+        if self.types is not None and not self.types.matches(event.type):
+            return False
+        return self.data is None or self.data.matches(event.data)
+
+    def matches(self, event: Event) -> bool:
+        return self.matches_stream(event.stream) and self.accepts(event)
+
+    def to_sql(self, first_param: int = FIRST_SELECTOR_PARAM) -> tuple[str, list[Any]]:
+        """A boolean SQL expression over `ev` and its bind values."""
+        params: list[Any] = []
+
+        def bind(value: Any) -> str:
+            params.append(value)
+            return f"${first_param + len(params) - 1}"
+
+        exact = [p.text for p in self.patterns if p.is_exact]
+        regexes = [p.sql_regex for p in self.patterns if not p.is_exact]
+        stream_terms = []
+        if len(exact) == 1:
+            # A single `=` lets the planner walk (stream, xid, id) in order.
+            stream_terms.append(f"ev.stream = {bind(exact[0])}::text")
+        elif exact:
+            stream_terms.append(f"ev.stream = ANY({bind(exact)}::text[])")
+        if regexes:
+            stream_terms.append(f"ev.stream ~ ANY({bind(regexes)}::text[])")
+        terms = ["(" + " OR ".join(stream_terms) + ")"]
+        if self.types is not None:
+            type_terms = []
+            if self.types.exact:
+                type_terms.append(f"ev.type = ANY({bind(sorted(self.types.exact))}::text[])")
+            for prefix in self.types.prefixes:
+                type_terms.append(f"starts_with(ev.type, {bind(prefix)}::text)")
+            terms.append("(" + " OR ".join(type_terms) + ")")
+        if self.data is not None:
+            terms.append(f"({self.data.to_sql('ev.data', bind)})")
+        return " AND ".join(terms), params
+
+
+class Subscription:
+    """One open stream: its selector, its place in the order, its socket.
+
+    While `live`, the hub appends the stream's events in its shared fan-out
+    and `skip_until` drops the ones the catch-up already sent. Otherwise
+    the stream's own task reads from the table after `cursor` until it can
+    join the live flow (see Hub.serve).
+    """
+
+    __slots__ = ("selector", "response", "cursor", "skip_until", "sent", "live", "closed",
+                 "last_write", "signal", "sql", "events_sent", "opened", "peer")
+
+    def __init__(self, selector: Selector, response: SseResponse, cursor: Position,
+                 peer: str = "") -> None:
+        self.selector = selector
+        self.response = response
+        self.cursor = cursor          # every matching event up to here was written
+        self.skip_until = cursor      # live events at or before this are not sent
+        self.sent = cursor            # the last position written on an `id:` line
+        self.live = False
+        self.closed = False
+        self.last_write = time.monotonic()
+        self.signal = asyncio.Event()  # wakes the stream's task: overflow, close
+        self.sql = selector.to_sql()
+        self.events_sent = 0
+        self.opened = time.monotonic()
+        self.peer = peer
+
+    def write(self, data: bytes) -> None:
+        """Write without waiting; marks the subscription closed if the client left."""
+        try:
+            self.response.write_nowait(data)
+        except ConnectionError:
+            self.close()
+            return
+        self.last_write = time.monotonic()
+
+    def close(self) -> None:
+        self.closed = True
+        self.signal.set()
