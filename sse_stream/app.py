@@ -1,0 +1,65 @@
+"""Builds the aiohttp application; the lifecycle owns pool, listener and hub."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from aiohttp import web
+
+from . import handlers
+from .handlers import HUB, LISTENER, SETTINGS, STORE
+from .hub import Hub
+from .listener import Listener
+from .settings import Settings
+from .store import EventStore
+
+log = logging.getLogger(__name__)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.dsn is not None
+    store = EventStore(settings.dsn, replica_dsn=settings.replica_dsn,
+                       pool_size=settings.pool_size)
+    await store.open()
+    hub = Hub(store, settings)
+    listener = Listener(settings.dsn, hub.wake, keepalive=settings.listener_keepalive)
+    app[STORE], app[HUB], app[LISTENER] = store, hub, listener
+    hub.start()
+    listener.start()
+    try:
+        yield
+    finally:
+        await listener.stop()
+        await hub.stop()
+        await store.close()
+
+
+async def _end_streams(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp waits for the handlers: ending every
+    # stream here lets each one finish its response cleanly.
+    app[HUB].end_streams()
+
+
+async def _index(request: web.Request) -> web.Response:
+    page = resources.files("sse_stream.static").joinpath("index.html").read_bytes()
+    return web.Response(body=page, content_type="text/html")
+
+
+def create_app(settings: Settings) -> web.Application:
+    if settings.dsn is None:
+        raise ValueError("create_app needs settings.dsn")
+    app = web.Application(middlewares=[handlers.problem_middleware],
+                          client_max_size=handlers.MAX_BODY + 1024)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_end_streams)
+    app.router.add_get("/", _index)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/streams/{streams}", handlers.subscribe)
+    app.router.add_get("/streams/{streams}/events", handlers.read_page)
+    app.router.add_post("/streams/{stream}/events", handlers.publish)
+    return app

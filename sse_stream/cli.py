@@ -1,0 +1,209 @@
+"""The `sse-stream` command. Every flag also reads SSE_STREAM_<FLAG>."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import fields
+from typing import Any, Sequence
+
+from .settings import Settings, env_name
+
+log = logging.getLogger("sse_stream")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    by_name = {item.name: item for item in fields(Settings)}
+    for name in names:
+        item = by_name[name]
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{item.metadata.get('help', '')} (env {env_name(name)})"
+        if item.type == "bool":
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(str(item.type), str)
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {item.name: getattr(args, item.name, None) for item in fields(Settings)}
+    return Settings.load(**flags)
+
+
+def _ensure_database(settings: Settings) -> tuple[Settings, Any]:
+    """Start the embedded PostgreSQL when no DSN is configured."""
+    if settings.dsn:
+        return settings, None
+    from .embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir)
+    dsn = server.start()
+    print(f"embedded PostgreSQL running, data in {server.data_dir}", file=sys.stderr)
+    print(f"DSN: {dsn}", file=sys.stderr)
+    print(f"  psql '{dsn}' -c \"SELECT sse_stream.publish('orders', 'order.created', "
+          "'{\\\"id\\\": 1}')\"", file=sys.stderr)
+    return settings.replace(dsn=dsn), server
+
+
+def _serve_worker(settings: Settings, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from .app import create_app
+
+    _configure_logging(settings)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                reuse_port=reuse_port or None, handler_cancellation=True,
+                shutdown_timeout=settings.shutdown_timeout, print=None,
+                access_log=None)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings)
+    settings, embedded = _ensure_database(settings)
+    try:
+        if not settings.no_migrate:
+            from .migrate import migrate_dsn
+
+            assert settings.dsn is not None
+            asyncio.run(migrate_dsn(settings.dsn))
+        log.warning("protected mode: no token key configured, only loopback clients may "
+                    "subscribe or publish")
+        print(f"serving on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+        if settings.workers <= 1:
+            _serve_worker(settings, reuse_port=False)
+        else:
+            _run_workers(settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _run_workers(settings: Settings) -> None:
+    """N processes on one port (SO_REUSEPORT); SIGTERM/SIGINT reach them all."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_serve_worker, args=(settings, True), daemon=False)
+               for _ in range(settings.workers)]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings)
+    settings, embedded = _ensure_database(settings)
+    try:
+        from .migrate import migrate_dsn
+
+        assert settings.dsn is not None
+        applied = asyncio.run(migrate_dsn(settings.dsn))
+        print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+async def _publish(dsn: str, stream: str, type_: str, data: str) -> int:
+    import orjson
+
+    from .errors import InvalidInput
+    from .patterns import validate_stream_name, validate_type_name
+    from .store import EventStore
+
+    try:
+        validate_stream_name(stream, "STREAM")
+        validate_type_name(type_, "TYPE")
+    except InvalidInput as error:
+        print(f"sse-stream publish: {error}", file=sys.stderr)
+        return 2
+    lines = sys.stdin if data == "-" else [data]
+    store = EventStore(dsn, pool_size=1)
+    await store.open()
+    try:
+        batch: list[tuple[str, object]] = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                batch.append((type_, orjson.loads(line)))
+            except orjson.JSONDecodeError as error:
+                print(f"sse-stream publish: line {number}: not JSON: {error}", file=sys.stderr)
+                return 2
+            if len(batch) >= 500:
+                print("\n".join(map(str, await store.publish(stream, batch))), flush=True)
+                batch = []
+        if batch:
+            print("\n".join(map(str, await store.publish(stream, batch))), flush=True)
+    finally:
+        await store.close()
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    settings, embedded = _ensure_database(settings)
+    try:
+        assert settings.dsn is not None
+        return asyncio.run(_publish(settings.dsn, args.stream, args.type, args.data))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sse-stream", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    _add_setting_flags(serve, [f.name for f in fields(Settings)])
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the schema")
+    _add_setting_flags(migrate, ["dsn", "data_dir", "log_level"])
+    migrate.set_defaults(func=cmd_migrate)
+
+    publish = commands.add_parser("publish", help="publish events over SQL")
+    _add_setting_flags(publish, ["dsn", "data_dir"])
+    publish.add_argument("stream")
+    publish.add_argument("type")
+    publish.add_argument("data", nargs="?", default="null",
+                         help="JSON data, or - to read JSON Lines {type?, data} from stdin")
+    publish.set_defaults(func=cmd_publish)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

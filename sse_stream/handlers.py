@@ -1,0 +1,223 @@
+"""aiohttp handlers: parse and check the request, then hand over to the hub.
+
+Every refusal is an InvalidInput (or an HTTP error) turned into one
+application/problem+json response by `problem_middleware`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from .errors import DatabaseUnavailable, InvalidInput
+from .events import ORIGIN, Position, parse_position
+from .filters import parse_data_filters
+from .hub import Hub
+from .listener import Listener
+from .patterns import (RESERVED_TYPE_PREFIX, parse_pattern_list, parse_type_filter,
+                       validate_stream_name, validate_type_name)
+from .response import SseResponse
+from .settings import Settings
+from .store import EventStore
+from .subscription import Selector, Subscription
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", EventStore)
+HUB = web.AppKey("hub", Hub)
+LISTENER = web.AppKey("listener", Listener)
+
+MAX_BODY = 1 << 20
+MAX_ITEMS = 1000
+PAGE_DEFAULT, PAGE_MAX = 100, 1000
+_SUBSCRIBE_PARAMS = {"type", "last_event_id", "live", "or"}
+_PAGE_PARAMS = {"type", "after", "limit", "or"}
+
+
+def problem(status: int, detail: str, param: str | None = None,
+            headers: dict[str, str] | None = None) -> web.Response:
+    """An RFC 9457 problem document."""
+    body: dict[str, Any] = {"type": "about:blank", "title": _title(status),
+                            "status": status, "detail": detail}
+    if param is not None:
+        body["param"] = param
+    return web.Response(status=status, body=orjson.dumps(body), headers=headers,
+                        content_type="application/problem+json")
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+@web.middleware
+async def problem_middleware(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except InvalidInput as error:
+        return problem(error.status, error.detail, error.param)
+    except DatabaseUnavailable:
+        return problem(503, "the database is unavailable; retry shortly",
+                       headers={"Retry-After": "2"})
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        detail = error.text if error.text and not error.text.startswith(str(error.status)) else \
+            f"{request.method} {request.path}: {error.reason}"
+        return problem(error.status, detail, headers={k: v for k, v in error.headers.items()
+                                                       if k in ("Allow", "Retry-After")})
+
+
+def _check_loopback(request: web.Request) -> None:
+    """Protected mode: with no token key configured, only loopback clients."""
+    remote = request.remote or ""
+    try:
+        loopback = ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InvalidInput("Authorization", "the server runs in protected mode: "
+                           "only loopback clients may subscribe or publish", status=403)
+
+
+def _check_params(request: web.Request, allowed: set[str]) -> None:
+    for key in request.query:
+        if key not in allowed and not key.startswith("data."):
+            raise InvalidInput(key, "unknown query parameter")
+
+
+def parse_selector(request: web.Request) -> Selector:
+    patterns = parse_pattern_list(request.match_info["streams"], "streams")
+    types = parse_type_filter(request.query.getall("type", []))
+    data = parse_data_filters(list(request.query.items()))
+    return Selector(patterns, types, data)
+
+
+def _start_position(request: web.Request) -> Position | None:
+    header = request.headers.get("Last-Event-ID")
+    if header is not None and header.strip():
+        return parse_position(header, "Last-Event-ID")
+    value = request.query.get("last_event_id")
+    if value is None:
+        return None
+    return parse_position(value, "last_event_id")
+
+
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    """GET /streams/{streams}: the SSE stream."""
+    _check_loopback(request)
+    _check_params(request, _SUBSCRIBE_PARAMS)
+    selector = parse_selector(request)
+    start = _start_position(request)
+    live = request.query.get("live", "true")
+    if live not in ("true", "false"):
+        raise InvalidInput("live", "must be true or false")
+    settings = request.app[SETTINGS]
+    hub = request.app[HUB]
+    if hub.closing:
+        return problem(503, "the server is shutting down", headers={"Retry-After": "1"})
+
+    response = SseResponse()
+    await response.prepare(request)
+    await response.start(b"retry: %d\n\n" % settings.retry)
+    subscription = Subscription(selector, response, start or ORIGIN, request.remote or "")
+    try:
+        await hub.serve(subscription, start, follow=live == "true")
+    finally:
+        log.info("stream closed peer=%s streams=%s events=%d seconds=%.1f",
+                 subscription.peer, request.match_info["streams"], subscription.events_sent,
+                 time.monotonic() - subscription.opened)
+    await response.finish()
+    return response
+
+
+async def read_page(request: web.Request) -> web.Response:
+    """GET /streams/{streams}/events: one JSON page of events."""
+    _check_loopback(request)
+    _check_params(request, _PAGE_PARAMS)
+    selector = parse_selector(request)
+    after = parse_position(request.query.get("after", "0"), "after")
+    try:
+        limit = int(request.query.get("limit", PAGE_DEFAULT))
+    except ValueError:
+        raise InvalidInput("limit", "must be a whole number") from None
+    if not 1 <= limit <= PAGE_MAX:
+        raise InvalidInput("limit", f"must be between 1 and {PAGE_MAX}")
+    store = request.app[STORE]
+    sql, params = selector.to_sql()
+    # One more row than asked tells whether another page follows.
+    page = await store.read_selected(after, limit + 1, sql, params,
+                                     replica=store.replica_dsn is not None)
+    events = page.events[:limit]
+    has_more = len(page.events) > limit
+    next_after = events[-1].position if has_more else page.covered
+    body = b'{"events":[%s],"next_after":"%s","has_more":%s}' % (
+        b",".join(event.envelope for event in events), next_after.encode().encode(),
+        b"true" if has_more else b"false")
+    return web.Response(body=body, content_type="application/json")
+
+
+async def publish(request: web.Request) -> web.Response:
+    """POST /streams/{stream}/events: one event or an array, one transaction."""
+    _check_loopback(request)
+    stream = validate_stream_name(request.match_info["stream"], "stream")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise InvalidInput("body", f"at most {MAX_BODY} bytes", status=413)
+    body = await request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise InvalidInput("body", f"at most {MAX_BODY} bytes", status=413)
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidInput("body", "not valid JSON") from None
+    items = document if isinstance(document, list) else [document]
+    if not items or len(items) > MAX_ITEMS:
+        raise InvalidInput("body", f"send 1 to {MAX_ITEMS} events")
+    events = [_publish_item(item, index if isinstance(document, list) else None)
+              for index, item in enumerate(items)]
+    ids = await request.app[STORE].publish(stream, events)
+    return web.json_response({"ids": ids}, status=201, dumps=lambda v: orjson.dumps(v).decode())
+
+
+def _publish_item(item: Any, index: int | None) -> tuple[str, Any]:
+    where = "" if index is None else f"[{index}]"
+    if not isinstance(item, dict):
+        raise InvalidInput(f"body{where}", "each event is an object with type and data")
+    unknown = set(item) - {"type", "data"}
+    if unknown:
+        raise InvalidInput(f"body{where}.{sorted(unknown)[0]}", "unknown field")
+    type_ = item.get("type")
+    if not isinstance(type_, str):
+        raise InvalidInput(f"body{where}.type", "required, a string")
+    validate_type_name(type_, f"body{where}.type")
+    if type_.startswith(RESERVED_TYPE_PREFIX):
+        raise InvalidInput(f"body{where}.type", "types starting with 'sse.' are reserved")
+    return type_, item.get("data")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    hub, listener = request.app[HUB], request.app[LISTENER]
+    if hub.ready and listener.connected:
+        return web.json_response({"status": "ready"})
+    reasons = []
+    if not hub.ready:
+        reasons.append("database unreachable")
+    if not listener.connected:
+        reasons.append("listener not connected")
+    return problem(503, ", ".join(reasons), headers={"Retry-After": "2"})
