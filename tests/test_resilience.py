@@ -1,0 +1,118 @@
+"""The stream survives the database: listener killed, PostgreSQL restarted."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import asyncpg
+
+from conftest import StartServer, publish
+from sse import envelope, open_stream
+from sse_stream.embedded import EmbeddedPostgres
+from sse_stream.handlers import HUB, LISTENER
+
+
+async def _eventually(check: object, timeout: float = 15.0) -> None:
+    """Poll a condition with a bound (no fixed sleeps)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_listener_killed_loses_nothing(start_server: StartServer, db: asyncpg.Connection,
+                                             stream: str) -> None:
+    server = await start_server(poll_interval=0.5)
+    listener = server.app[LISTENER]
+    await _eventually(lambda: listener.backend_pid is not None)
+    async with open_stream(str(server.make_url(f"/streams/{stream}"))) as sse:
+        await sse.until(lambda parser: parser.last_event_id != "")
+        before = [await publish(db, stream, "t", {"n": n}) for n in range(3)]
+        got = await sse.take(3)
+        old_pid = listener.backend_pid
+        await db.execute("SELECT pg_terminate_backend($1)", old_pid)
+        # Published while the listener is gone or reconnecting.
+        during = [await publish(db, stream, "t", {"n": n}) for n in range(3, 8)]
+        got += await sse.take(5)
+        await _eventually(lambda: listener.connected and listener.backend_pid != old_pid)
+        after = [await publish(db, stream, "t", {"n": n}) for n in range(8, 10)]
+        got += await sse.take(2)
+    assert [envelope(m)["id"] for m in got] == before + during + after
+    assert listener.reconnects >= 1
+
+
+async def test_database_restart_keeps_streams_open(start_server: StartServer, dsn: str,
+                                                   embedded: EmbeddedPostgres, stream: str) -> None:
+    server = await start_server(heartbeat=0.3, poll_interval=0.5)
+    hub, listener = server.app[HUB], server.app[LISTENER]
+    url = str(server.make_url(f"/streams/{stream}"))
+    async with aiohttp.ClientSession() as session, open_stream(url, session=session) as sse:
+        await sse.until(lambda parser: parser.last_event_id != "")
+        connection = await asyncpg.connect(dsn)
+        first = await publish(connection, stream, "t", {"n": 1})
+        await connection.close()
+        assert envelope(await sse.next())["id"] == first
+
+        await asyncio.to_thread(embedded.restart, "fast")
+        # The stream stays open through the outage: keepalives keep coming.
+        comments = sse.parser.comments
+        await sse.until(lambda parser: parser.comments >= comments + 2)
+        await _eventually(lambda: hub.ready and listener.connected, timeout=30)
+        async with session.get(server.make_url("/readyz")) as response:
+            assert response.status == 200
+
+        connection = await asyncpg.connect(dsn)
+        later = [await publish(connection, stream, "t", {"n": n}) for n in range(2, 5)]
+        await connection.close()
+        assert [envelope(m)["id"] for m in await sse.take(3, timeout=15)] == later
+    assert not sse.ended
+
+
+async def test_readyz_reports_a_dead_database(start_server: StartServer,
+                                              embedded: EmbeddedPostgres) -> None:
+    server = await start_server(poll_interval=0.2)
+    hub, listener = server.app[HUB], server.app[LISTENER]
+    await _eventually(lambda: hub.ready and listener.connected)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.make_url("/readyz")) as response:
+            assert response.status == 200
+        await asyncio.to_thread(embedded.stop, "fast")
+        try:
+            await _eventually(lambda: not listener.connected)
+            async with session.get(server.make_url("/readyz")) as response:
+                assert response.status == 503
+                assert response.content_type == "application/problem+json"
+            async with session.get(server.make_url("/healthz")) as response:
+                assert response.status == 200
+        finally:
+            await asyncio.to_thread(embedded.start)
+        await _eventually(lambda: hub.ready and listener.connected, timeout=30)
+
+
+async def test_one_shared_read_per_wakeup(start_server: StartServer, db: asyncpg.Connection,
+                                          stream: str) -> None:
+    """50 subscribers, 100 events: reads follow wake-ups, not subscribers."""
+    server = await start_server()
+    hub = server.app[HUB]
+    url = str(server.make_url(f"/streams/{stream}"))
+    async with aiohttp.ClientSession() as session:
+        streams = []
+        contexts = [open_stream(url, session=session) for _ in range(50)]
+        for context in contexts:
+            sse = await context.__aenter__()
+            await sse.until(lambda parser: parser.last_event_id != "")
+            streams.append(sse)
+        reads, wakeups = hub.store.reads, hub.wakeups
+        ids = [await publish(db, stream, "t", {"n": n}) for n in range(100)]
+        for sse in streams:
+            assert [envelope(m)["id"] for m in await sse.take(100)] == ids
+        read_count, wakeup_count = hub.store.reads - reads, hub.wakeups - wakeups
+        for context in contexts:
+            await context.__aexit__(None, None, None)
+    # One read per wake-up (each fits one page), and at most about one
+    # wake-up per event: never one query per subscriber per event.
+    assert read_count == wakeup_count
+    assert read_count <= 150
