@@ -23,11 +23,21 @@ from .patterns import StreamPattern
 from .response import KEEPALIVE
 from .settings import Settings
 from .store import EventStore, Page
-from .subscription import Subscription
+from .subscription import Payload, Selector, Subscription
 
 log = logging.getLogger(__name__)
 
 HELD_POLL = 0.025  # seconds between reads while an open transaction holds rows back
+
+
+class Group:
+    """Live subscriptions with the same selector: matched once, written alike."""
+
+    __slots__ = ("selector", "members")
+
+    def __init__(self, selector: Selector) -> None:
+        self.selector = selector
+        self.members: set[Subscription] = set()
 
 
 class Hub:
@@ -41,8 +51,11 @@ class Hub:
         self.closing = False
         self._doorbell = asyncio.Event()
         self._held = False
-        self._exact: dict[str, set[Subscription]] = {}
-        self._patterns: dict[str, tuple[StreamPattern, set[Subscription]]] = {}
+        # Live subscriptions, grouped by identical selector and indexed by
+        # stream name (exact) or pattern.
+        self._groups: dict[Selector, Group] = {}
+        self._exact: dict[str, set[Group]] = {}
+        self._patterns: dict[str, tuple[StreamPattern, set[Group]]] = {}
         self.subscriptions: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
         # Counters for /metrics and for tests.
@@ -113,82 +126,111 @@ class Hub:
                 self._held = page.held
                 return
 
-    def _candidates(self, stream: str) -> Collection[Subscription]:
+    def _candidates(self, stream: str) -> Collection[Group]:
         found = self._exact.get(stream)
-        merged: set[Subscription] | None = None
-        for pattern, subscriptions in self._patterns.values():
+        merged: set[Group] | None = None
+        for pattern, groups in self._patterns.values():
             if pattern.matches(stream):
                 if merged is None:
                     merged = set(found) if found else set()
-                merged |= subscriptions
+                merged |= groups
         if merged is not None:
             return merged
         return found if found is not None else ()
 
     def _fan_out(self, page: Page) -> None:
-        """Hand a page to every live subscription: one write each. No awaits."""
+        """Hand a page to every live subscription: one write each. No awaits.
+
+        Matching is per group of identical selectors, so an event costs one
+        test per distinct selector whose streams can hold it, and each group's
+        bytes are joined (and chunk-framed) once for all of its members.
+        """
         events = page.events
-        batches: dict[Subscription, list[bytes]] = {}
+        matched: dict[Group, list[Event]] = {}
         if events:
             self.events_read += len(events)
-            by_stream: dict[str, Collection[Subscription]] = {}
+            by_stream: dict[str, Collection[Group]] = {}
             for event in events:
-                candidates = by_stream.get(event.stream)
-                if candidates is None:
-                    candidates = by_stream[event.stream] = self._candidates(event.stream)
-                for subscription in candidates:
-                    if event.position > subscription.skip_until and subscription.selector.accepts(event):
-                        batch = batches.get(subscription)
+                groups = by_stream.get(event.stream)
+                if groups is None:
+                    groups = by_stream[event.stream] = self._candidates(event.stream)
+                for group in groups:
+                    if group.selector.accepts(event):
+                        batch = matched.get(group)
                         if batch is None:
-                            batch = batches[subscription] = []
-                        batch.append(event.sse)
-                        subscription.sent = event.position
+                            batch = matched[group] = []
+                        batch.append(event)
             self.last_event = events[-1].position
         self.watermark = page.covered
         limit = self.settings.max_pending
-        for subscription, batch in batches.items():
-            subscription.write(b"".join(batch))
-            subscription.events_sent += len(batch)
-            self.delivered += len(batch)
-            if subscription.response.pending_bytes() > limit:
-                # Too far behind: stop buffering for it. It has been handed
-                # every match up to the watermark; it reads the rest itself.
-                self._leave(subscription)
-                subscription.cursor = page.covered
-                subscription.signal.set()
-                self.catchups += 1
+        behind: list[Subscription] = []
+        for group, batch in matched.items():
+            payload = Payload(b"".join(event.sse for event in batch))
+            first, last = batch[0].position, batch[-1].position
+            for subscription in group.members:
+                if subscription.skip_until < first:
+                    subscription.write(payload)
+                    count = len(batch)
+                else:
+                    # Joined during this page: part of it came from its replay.
+                    rest = [event for event in batch if event.position > subscription.skip_until]
+                    if not rest:
+                        continue
+                    subscription.write(Payload(b"".join(event.sse for event in rest)))
+                    count = len(rest)
+                subscription.sent = last
+                subscription.events_sent += count
+                self.delivered += count
+                if subscription.response.pending_bytes() > limit:
+                    behind.append(subscription)
+        for subscription in behind:
+            # Too far behind: stop buffering for it. It has been handed every
+            # match up to the watermark; it reads the rest from the table.
+            self._leave(subscription)
+            subscription.cursor = page.covered
+            subscription.signal.set()
+            self.catchups += 1
 
     # -- subscriptions ---------------------------------------------------------
 
     def _join(self, subscription: Subscription) -> None:
         subscription.live = True
         subscription.skip_until = subscription.cursor
-        for pattern in subscription.selector.patterns:
-            if pattern.is_exact:
-                self._exact.setdefault(pattern.text, set()).add(subscription)
-            else:
-                entry = self._patterns.get(pattern.text)
-                if entry is None:
-                    entry = self._patterns[pattern.text] = (pattern, set())
-                entry[1].add(subscription)
+        selector = subscription.selector
+        group = self._groups.get(selector)
+        if group is None:
+            group = self._groups[selector] = Group(selector)
+            for pattern in selector.patterns:
+                if pattern.is_exact:
+                    self._exact.setdefault(pattern.text, set()).add(group)
+                else:
+                    entry = self._patterns.get(pattern.text)
+                    if entry is None:
+                        entry = self._patterns[pattern.text] = (pattern, set())
+                    entry[1].add(group)
+        group.members.add(subscription)
 
     def _leave(self, subscription: Subscription) -> None:
         if not subscription.live:
             return
         subscription.live = False
-        for pattern in subscription.selector.patterns:
+        selector = subscription.selector
+        group = self._groups[selector]
+        group.members.discard(subscription)
+        if group.members:
+            return
+        del self._groups[selector]
+        for pattern in selector.patterns:
             if pattern.is_exact:
-                members = self._exact.get(pattern.text)
-                if members is not None:
-                    members.discard(subscription)
-                    if not members:
-                        del self._exact[pattern.text]
+                groups = self._exact[pattern.text]
+                groups.discard(group)
+                if not groups:
+                    del self._exact[pattern.text]
             else:
-                entry = self._patterns.get(pattern.text)
-                if entry is not None:
-                    entry[1].discard(subscription)
-                    if not entry[1]:
-                        del self._patterns[pattern.text]
+                groups = self._patterns[pattern.text][1]
+                groups.discard(group)
+                if not groups:
+                    del self._patterns[pattern.text]
 
     async def serve(self, subscription: Subscription, start: Position | None,
                     follow: bool = True) -> None:

@@ -10,11 +10,28 @@ size as the back-pressure signal.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
 
 KEEPALIVE = b": keepalive\n\n"
+
+
+class Payload:
+    """Bytes for the wire, chunk-framed at most once however many streams get them."""
+
+    __slots__ = ("data", "_framed")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._framed: bytes | None = None
+
+    def framed(self) -> bytes:
+        if self._framed is None:
+            self._framed = b"%x\r\n%s\r\n" % (len(self.data), self.data)
+        return self._framed
 
 
 class StreamClosed(ConnectionError):
@@ -25,40 +42,35 @@ class SseResponse(EventSourceResponse):
     def __init__(self, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(headers=headers)
         self._chunked = False
+        self._transport: asyncio.Transport | None = None
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         # StreamResponse.prepare, not EventSourceResponse.prepare: that one
         # starts the per-stream ping task this server does without.
         writer = await web.StreamResponse.prepare(self, request)
         self._chunked = bool(getattr(writer, "chunked", False))
+        self._transport = request.transport
         return writer
 
     async def start(self, preamble: bytes) -> None:
         """Send the headers with the first bytes (aiohttp buffers headers)."""
         await self.write(preamble)
 
-    def write_nowait(self, data: bytes) -> None:
+    def write_nowait(self, data: bytes | Payload) -> None:
         """Queue `data` on the socket now; raises StreamClosed if it is gone."""
-        request = self._req
-        transport = request.transport if request is not None else None
+        transport = self._transport
         if transport is None or transport.is_closing():
             raise StreamClosed()
-        if self._chunked:
-            transport.write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            transport.write(data)
+        payload = data if isinstance(data, Payload) else Payload(data)
+        transport.write(payload.framed() if self._chunked else payload.data)
 
     def pending_bytes(self) -> int:
         """Bytes written but not yet taken by the kernel."""
-        request = self._req
-        transport = request.transport if request is not None else None
-        if transport is None:
-            return 0
-        return transport.get_write_buffer_size()
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     def is_closing(self) -> bool:
-        request = self._req
-        transport = request.transport if request is not None else None
+        transport = self._transport
         return transport is None or transport.is_closing()
 
     async def drain(self) -> None:

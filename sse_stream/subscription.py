@@ -9,10 +9,12 @@ from typing import Any, Callable, Protocol
 
 from .events import Event, Position
 from .patterns import StreamPattern, TypeFilter
-from .response import SseResponse
+from .response import Payload, SseResponse
 
 # Parameters $1..$3 of read_selected are the position and the page size.
 FIRST_SELECTOR_PARAM = 4
+
+__all__ = ["DataPredicate", "Payload", "Selector", "Subscription"]
 
 
 class DataPredicate(Protocol):
@@ -103,7 +105,7 @@ class Subscription:
         self.opened = time.monotonic()
         self.peer = peer
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | Payload) -> None:
         """Write without waiting; marks the subscription closed if the client left."""
         try:
             self.response.write_nowait(data)
