@@ -110,6 +110,13 @@ class Hub:
                 self.ready = False
                 timeout = backoff
                 backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # Never let one bad read end live delivery for the process:
+                # the watermark has not moved, so the next read retries it.
+                log.exception("shared read failed")
+                self.ready = False
+                timeout = backoff
+                backoff = min(backoff * 2, 5.0)
             try:
                 await asyncio.wait_for(self._doorbell.wait(), timeout)
             except TimeoutError:
@@ -334,14 +341,19 @@ class Hub:
         tick = max(0.02, interval / 4)
         while True:
             await asyncio.sleep(tick)
-            silent_since = time.monotonic() - (interval - tick)
-            for subscription in list(self.subscriptions):
-                if subscription.response.is_closing():
-                    subscription.close()
-                elif subscription.last_write <= silent_since:
-                    if subscription.live and self.last_event > subscription.sent:
-                        # Events passed that it did not match: move its position.
-                        subscription.sent = self.watermark
-                        subscription.write(b": keepalive\nid: %s\n\n" % self.watermark.encode().encode())
-                    else:
-                        subscription.write(KEEPALIVE)
+            try:
+                self._beat(time.monotonic() - (interval - tick))
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def _beat(self, silent_since: float) -> None:
+        for subscription in list(self.subscriptions):
+            if subscription.response.is_closing():
+                subscription.close()
+            elif subscription.last_write <= silent_since:
+                if subscription.live and self.last_event > subscription.sent:
+                    # Events passed that it did not match: move its position.
+                    subscription.sent = self.watermark
+                    subscription.write(b": keepalive\nid: %s\n\n" % self.watermark.encode().encode())
+                else:
+                    subscription.write(KEEPALIVE)
