@@ -107,6 +107,14 @@ class EmbeddedPostgres:
             raise EmbeddedUnavailable(f"PostgreSQL did not start: {result.stderr}\n{tail}")
         return self.dsn
 
+    def replica(self, data_dir: Path | str) -> EmbeddedPostgres:
+        """A streaming hot standby of this server (pg_basebackup -R), not started."""
+        standby = EmbeddedPostgres(data_dir, fast=self.fast)
+        standby._prepare_dir()
+        self._run("pg_basebackup", "-R", "-X", "stream", "-D", str(standby.data_dir),
+                  "-d", f"host=127.0.0.1 port={self.port} user=postgres")
+        return standby
+
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-w", "-D", str(self.data_dir), "-m", mode, "stop", check=False)
 

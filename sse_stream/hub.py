@@ -291,13 +291,17 @@ class Hub:
         response = subscription.response
         sql, params = subscription.sql
         backoff = 0.1
+        # Bulk replay may go to a replica. The replica's own snapshot horizon
+        # keeps its pages commit-safe, but a lagging replica may never reach
+        # the hub's watermark, so the last stretch before joining is read
+        # from the primary.
+        replica = self.store.replica_dsn is not None
         while not subscription.closed and not self.closing:
             try:
                 # Wait for the socket first: a slow client reads at its own pace.
                 await response.drain()
                 page = await self.store.read_selected(
-                    subscription.cursor, self.settings.page_size, sql, params,
-                    replica=self.store.replica_dsn is not None)
+                    subscription.cursor, self.settings.page_size, sql, params, replica=replica)
             except ConnectionError:
                 subscription.close()
                 return False
@@ -313,6 +317,7 @@ class Hub:
             subscription.cursor = page.covered
             if page.full:
                 continue
+            replica = False
             if subscription.cursor > subscription.sent:
                 # Move the client's position past what it did not match.
                 subscription.write(b"id: %s\n\n" % subscription.cursor.encode().encode())

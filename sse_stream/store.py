@@ -59,6 +59,7 @@ class EventStore:
         self._pool: asyncpg.Pool | None = None
         self._replica: asyncpg.Pool | None = None
         self.reads = 0  # shared and catch-up reads, for tests and metrics
+        self.replica_reads = 0
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
@@ -113,6 +114,8 @@ class EventStore:
                             params: Sequence[Any], *, replica: bool = False) -> Page:
         """One page of a subscriber's catch-up, filtered in SQL."""
         self.reads += 1
+        if replica and self._replica is not None:
+            self.replica_reads += 1
         sql = query("read_selected").replace("{selector}", selector_sql)
         async with self._connection(replica) as connection:
             rows = await connection.fetch(sql, str(after.xid), after.id, limit, *params)
