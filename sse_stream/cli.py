@@ -173,6 +173,26 @@ def cmd_publish(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .client import SubscribeError
+    from .tail import tail
+
+    try:
+        return asyncio.run(tail(args.url, start=args.start, types=tuple(args.type),
+                                filters=tuple(args.filter), token=args.token,
+                                state=Path(args.state) if args.state else None,
+                                live=not args.no_follow))
+    except (ValueError, SubscribeError) as error:
+        print(f"sse-stream tail: {error}", file=sys.stderr)
+        return 2
+
+
+def _env_default(name: str) -> str | None:
+    return os.environ.get(env_name(name)) or None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sse-stream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("data", nargs="?", default="null",
                          help="JSON data, or - to read JSON Lines {type?, data} from stdin")
     publish.set_defaults(func=cmd_publish)
+
+    tail = commands.add_parser(
+        "tail", help="print a stream as JSON Lines, resuming by itself",
+        description="Replay what was missed, then follow. URL is http://HOST/streams/STREAMS "
+                    "(query filters allowed).")
+    tail.add_argument("url")
+    tail.add_argument("--from", dest="start", default=_env_default("from"), metavar="POSITION",
+                      help="start after this position (0: the oldest event; default: live "
+                           "only) (env SSE_STREAM_FROM)")
+    tail.add_argument("--type", action="append", default=[], metavar="T",
+                      help="only this type (repeatable, prefix glob *)")
+    tail.add_argument("--filter", action="append", default=[], metavar="data.PATH=OP.VALUE",
+                      help="data filter (repeatable, ANDed)")
+    tail.add_argument("--token", default=_env_default("token"),
+                      help="bearer token (env SSE_STREAM_TOKEN)")
+    tail.add_argument("--state", default=_env_default("state"), metavar="FILE",
+                      help="read the start position from FILE and keep saving it there; it wins "
+                           "over --from (env SSE_STREAM_STATE)")
+    tail.add_argument("--no-follow", action="store_true",
+                      help="end once caught up instead of following")
+    tail.set_defaults(func=cmd_tail)
     return parser
 
 

@@ -240,6 +240,11 @@ class Subscriber:
             return self._parser.last_event_id or self._last_event_id
         return self._last_event_id
 
+    @property
+    def buffered(self) -> int:
+        """Messages already read and not yet yielded (0: the next step waits for the network)."""
+        return len(self._pending)
+
     def __aiter__(self) -> Subscriber:
         return self
 
