@@ -25,8 +25,14 @@ LEFT JOIN LATERAL (
 -- One page of a subscriber's own catch-up: matching rows after its position
 -- and below the snapshot's xmin. {selector} is a boolean expression built by
 -- sse_stream/subscription.py from bind parameters ($4 onwards) only.
-SELECT h.xmin::text::bigint AS xmin, e.xid, e.id, e.stream, e.type, e.data, e.created_at
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+-- The highest pruned position is read in the same snapshot as the rows: a
+-- prune deletes rows and moves it in one transaction, so the page is missing
+-- exactly the rows at or before it, never rows the reader was not told about.
+SELECT h.xmin::text::bigint AS xmin, h.pruned_xid, h.pruned_id,
+       e.xid, e.id, e.stream, e.type, e.data, e.created_at
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
+             r.pruned_xid::text::bigint AS pruned_xid, r.pruned_id
+      FROM (SELECT) AS one LEFT JOIN sse_stream.retention r ON true) h
 LEFT JOIN LATERAL (
     SELECT ev.xid::text::bigint AS xid, ev.id, ev.stream, ev.type, ev.data::text AS data,
            ev.created_at
@@ -40,6 +46,37 @@ LEFT JOIN LATERAL (
 
 -- name: pruned_position
 SELECT pruned_xid::text::bigint, pruned_id FROM sse_stream.retention;
+
+-- name: prune_batch
+-- One small batch of retention: the oldest final rows in stream order
+-- (below the snapshot's xmin, $2 at most), up to the first one created at or
+-- after the cutoff $1, so the pruned rows are always a prefix of the order
+-- and "everything at or before pruned_position is gone" holds exactly. The
+-- rows are deleted and the position recorded in one statement; each batch
+-- is its own short transaction.
+WITH head AS (
+    SELECT ev.xid, ev.id,
+           bool_or(ev.created_at >= $1) OVER (ORDER BY ev.xid, ev.id) AS kept
+    FROM sse_stream.events ev
+    WHERE ev.xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY ev.xid, ev.id
+    LIMIT $2
+), deleted AS (
+    DELETE FROM sse_stream.events e
+    USING head h
+    WHERE NOT h.kept AND e.xid = h.xid AND e.id = h.id
+    RETURNING e.xid, e.id
+), top AS (
+    SELECT xid, id FROM deleted ORDER BY xid DESC, id DESC LIMIT 1
+), recorded AS (
+    INSERT INTO sse_stream.retention AS r (pruned_xid, pruned_id)
+    SELECT xid, id FROM top
+    ON CONFLICT (singleton) DO UPDATE
+        SET pruned_xid = excluded.pruned_xid, pruned_id = excluded.pruned_id
+        WHERE (r.pruned_xid, r.pruned_id) < (excluded.pruned_xid, excluded.pruned_id)
+)
+SELECT (SELECT count(*) FROM deleted) AS deleted,
+       (SELECT xid::text::bigint FROM top) AS xid, (SELECT id FROM top) AS id;
 
 -- name: publish_batch
 -- Many events of one stream in one statement; ids follow the input order.

@@ -12,6 +12,7 @@ from . import handlers
 from .handlers import HUB, LISTENER, SETTINGS, STORE
 from .hub import Hub
 from .listener import Listener
+from .retention import Retention, parse_age
 from .settings import Settings
 from .store import EventStore
 
@@ -27,11 +28,19 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(store, settings)
     listener = Listener(settings.dsn, hub.wake, keepalive=settings.listener_keepalive)
     app[STORE], app[HUB], app[LISTENER] = store, hub, listener
+    retention = None
+    if settings.prune_older_than:
+        retention = Retention(store, parse_age(settings.prune_older_than),
+                              settings.prune_interval, settings.prune_batch)
     hub.start()
     listener.start()
+    if retention is not None:
+        retention.start()
     try:
         yield
     finally:
+        if retention is not None:
+            await retention.stop()
         await listener.stop()
         await hub.stop()
         await store.close()
@@ -51,6 +60,8 @@ async def _index(request: web.Request) -> web.Response:
 def create_app(settings: Settings) -> web.Application:
     if settings.dsn is None:
         raise ValueError("create_app needs settings.dsn")
+    if settings.prune_older_than:
+        parse_age(settings.prune_older_than)  # refuse a bad age before serving
     app = web.Application(middlewares=[handlers.problem_middleware],
                           client_max_size=handlers.MAX_BODY + 1024)
     app[SETTINGS] = settings

@@ -189,6 +189,42 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 2
 
 
+async def _prune(dsn: str, older_than: str, batch: int) -> int:
+    from .retention import parse_age, prune
+    from .store import EventStore
+
+    age = parse_age(older_than)
+    store = EventStore(dsn, pool_size=1)
+    await store.open()
+    try:
+        result = await prune(store, age, batch)
+        position = await store.pruned_position()
+    finally:
+        await store.close()
+    print(f"deleted {result.deleted} event(s) older than {older_than} in {result.batches} "
+          f"batch(es); pruned up to {position.encode() if position else 'nothing'}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings)
+    older_than = args.older_than or settings.prune_older_than
+    if not older_than:
+        print("sse-stream prune: --older-than is required (e.g. 30d)", file=sys.stderr)
+        return 2
+    settings, embedded = _ensure_database(settings)
+    try:
+        assert settings.dsn is not None
+        return asyncio.run(_prune(settings.dsn, older_than, settings.prune_batch))
+    except ValueError as error:
+        print(f"sse-stream prune: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
 def _env_default(name: str) -> str | None:
     return os.environ.get(env_name(name)) or None
 
@@ -212,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("data", nargs="?", default="null",
                          help="JSON data, or - to read JSON Lines {type?, data} from stdin")
     publish.set_defaults(func=cmd_publish)
+
+    prune = commands.add_parser("prune", help="delete old events in small batches")
+    prune.add_argument("--older-than", default=None, metavar="AGE",
+                       help="age such as 30d, 12h, 90m (env SSE_STREAM_PRUNE_OLDER_THAN)")
+    _add_setting_flags(prune, ["dsn", "data_dir", "prune_batch", "log_level"])
+    prune.set_defaults(func=cmd_prune)
 
     tail = commands.add_parser(
         "tail", help="print a stream as JSON Lines, resuming by itself",

@@ -163,9 +163,14 @@ async def read_page(request: web.Request) -> web.Response:
     events = page.events[:limit]
     has_more = len(page.events) > limit
     next_after = events[-1].position if has_more else page.covered
-    body = b'{"events":[%s],"next_after":"%s","has_more":%s}' % (
+    gap = b""
+    if page.pruned is not None and ORIGIN < after < page.pruned:
+        # The page form of sse.gap: events after `after` were pruned.
+        gap = b',"gap":{"requested_after":"%s","resumed_after":"%s"}' % (
+            after.encode().encode(), page.pruned.encode().encode())
+    body = b'{"events":[%s],"next_after":"%s","has_more":%s%s}' % (
         b",".join(event.envelope for event in events), next_after.encode().encode(),
-        b"true" if has_more else b"false")
+        b"true" if has_more else b"false", gap)
     return web.Response(body=body, content_type="application/json")
 
 

@@ -64,6 +64,7 @@ class Hub:
         self.delivered = 0
         self.replayed = 0
         self.catchups = 0
+        self.gaps = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -313,6 +314,10 @@ class Hub:
                 subscription.signal.clear()
                 backoff = min(backoff * 2, 5.0)
                 continue
+            if page.pruned is not None and ORIGIN < subscription.cursor < page.pruned:
+                # Retention removed events after the requested position (0,
+                # "from the oldest retained", is no gap).
+                self._write_gap(subscription, page.pruned)
             self._write_page(subscription, page.events)
             subscription.cursor = page.covered
             if page.full:
@@ -330,6 +335,14 @@ class Hub:
                 self._join(subscription)
                 return True
         return False
+
+    def _write_gap(self, subscription: Subscription, pruned: Position) -> None:
+        position = pruned.encode().encode()
+        subscription.write(b'id: %s\nevent: sse.gap\ndata: {"requested_after":"%s",'
+                           b'"resumed_after":"%s"}\n\n'
+                           % (position, subscription.cursor.encode().encode(), position))
+        subscription.cursor = subscription.sent = pruned
+        self.gaps += 1
 
     def _write_page(self, subscription: Subscription, events: list[Event]) -> None:
         if events:

@@ -40,6 +40,13 @@ class Settings:
                                       metadata={"help": "seconds between listener health checks"})
     shutdown_timeout: float = field(default=10.0,
                                     metadata={"help": "seconds to end streams on shutdown"})
+    prune_older_than: str | None = field(
+        default=None, metadata={"help": "delete events older than this age (30d, 12h, ...); "
+                                        "default: keep everything"})
+    prune_interval: float = field(default=300.0,
+                                  metadata={"help": "seconds between periodic prunes"})
+    prune_batch: int = field(default=10_000,
+                             metadata={"help": "rows deleted per prune statement"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
 
     @classmethod

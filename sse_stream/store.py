@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, AsyncIterator
 
 import asyncpg
@@ -42,6 +43,7 @@ class Page:
     covered: Position
     held: bool
     full: bool
+    pruned: Position | None = None  # highest pruned position, in the page's snapshot
 
 
 def _events(rows: Sequence[asyncpg.Record]) -> list[Event]:
@@ -123,12 +125,25 @@ class EventStore:
         events = _events(rows)
         full = len(events) == limit
         covered = events[-1].position if full else max(after, Position.after_horizon(xmin))
-        return Page(events, covered, False, full)
+        first = rows[0]
+        pruned = None if first["pruned_xid"] is None else \
+            Position(first["pruned_xid"], first["pruned_id"])
+        return Page(events, covered, False, full, pruned)
 
     async def pruned_position(self) -> Position | None:
         async with self._connection() as connection:
             row = await connection.fetchrow(query("pruned_position"))
         return None if row is None else Position(row[0], row[1])
+
+    async def prune_batch(self, older_than: timedelta, limit: int) -> tuple[int, Position | None]:
+        """Delete at most `limit` of the oldest final events created before
+        now - `older_than`; return how many and the highest position deleted."""
+        async with self._connection() as connection:
+            cutoff = await connection.fetchval("SELECT clock_timestamp() - $1::interval",
+                                               older_than)
+            row = await connection.fetchrow(query("prune_batch"), cutoff, limit)
+        deleted: int = row["deleted"]
+        return deleted, None if row["xid"] is None else Position(row["xid"], row["id"])
 
     async def publish(self, stream: str, items: Iterable[tuple[str, Any]]) -> list[int]:
         """Write events to one stream in one transaction; return their ids."""

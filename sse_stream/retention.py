@@ -1,0 +1,96 @@
+"""Retention: delete events older than an age, in small batches.
+
+Each batch is one short statement (at most `batch` rows, the oldest final
+rows in stream order), so no lock is held for long and writers and readers
+go on meanwhile. The highest deleted position is recorded with the rows'
+deletion in `sse_stream.retention`; a stream asked to start before it gets
+an `sse.gap` control event first (see Hub._catch_up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .errors import DatabaseUnavailable
+from .events import Position
+from .store import EventStore
+
+log = logging.getLogger(__name__)
+
+_AGE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d|w)")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+BATCH_PAUSE = 0.01  # seconds between batches: lets other work use the database
+
+
+def parse_age(text: str) -> timedelta:
+    """"30d", "12h", "90m", "45s", "2w" (a number and one unit)."""
+    match = _AGE_RE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r}: expected a number and a unit s, m, h, d or w (e.g. 30d)")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    deleted: int
+    pruned: Position | None  # the highest position deleted by this run, if any
+    batches: int
+
+
+async def prune(store: EventStore, older_than: timedelta, batch: int = 10_000,
+                max_batches: int | None = None) -> PruneResult:
+    """Delete, batch after batch, every final event older than `older_than`."""
+    deleted = batches = 0
+    highest: Position | None = None
+    while max_batches is None or batches < max_batches:
+        count, position = await store.prune_batch(older_than, batch)
+        batches += 1
+        deleted += count
+        if position is not None:
+            highest = position
+        if count < batch:
+            break
+        await asyncio.sleep(BATCH_PAUSE)
+    return PruneResult(deleted, highest, batches)
+
+
+class Retention:
+    """The periodic prune of a serving process."""
+
+    def __init__(self, store: EventStore, older_than: timedelta, interval: float,
+                 batch: int) -> None:
+        self.store = store
+        self.older_than = older_than
+        self.interval = interval
+        self.batch = batch
+        self.runs = 0
+        self.deleted = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sse-stream retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                result = await prune(self.store, self.older_than, self.batch)
+                self.runs += 1
+                self.deleted += result.deleted
+                if result.deleted:
+                    log.info("pruned %d events older than %s up to %s", result.deleted,
+                             self.older_than, result.pruned.encode() if result.pruned else "-")
+            except DatabaseUnavailable as error:
+                log.warning("prune skipped, database unavailable: %s", error)
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,162 @@
+"""Retention: prune in small batches, record the pruned position, signal sse.gap."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from conftest import publish
+from sse import envelope, open_stream
+from test_serve import ROOT
+from sse_stream.app import create_app
+from sse_stream.migrate import migrate_dsn
+from sse_stream.retention import parse_age
+from sse_stream.settings import Settings
+
+STREAM = "orders"
+
+
+@pytest.fixture
+async def fresh_dsn(dsn: str) -> AsyncIterator[str]:
+    """A database of its own: pruning reads the whole table in stream order."""
+    name = "retention_" + uuid.uuid4().hex[:10]
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    except asyncpg.InsufficientPrivilegeError:
+        await admin.close()
+        pytest.skip("cannot create a database with SSE_STREAM_TEST_DSN")
+    parts = urlsplit(dsn)
+    value = urlunsplit(parts._replace(path="/" + name))
+    await migrate_dsn(value)
+    try:
+        yield value
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _old(connection: asyncpg.Connection, count: int, days: int = 40) -> list[str]:
+    """`count` events created `days` ago, one transaction each; their positions."""
+    positions = []
+    for n in range(count):
+        positions.append(await connection.fetchval(
+            "INSERT INTO sse_stream.events (stream, type, data, created_at) "
+            "VALUES ($1, 'old', $2::text::jsonb, now() - make_interval(days => $3)) "
+            "RETURNING xid::text || '-' || id", STREAM, f'{{"n": {n}}}', days))
+    return positions
+
+
+async def _position(connection: asyncpg.Connection, id_: int) -> str:
+    value: str = await connection.fetchval(
+        "SELECT xid::text || '-' || id FROM sse_stream.events WHERE id = $1", id_)
+    return value
+
+
+@pytest.mark.parametrize("text,seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400),
+                                          ("45s", 45), ("2w", 1209600), ("1.5h", 5400)])
+def test_parse_age(text: str, seconds: int) -> None:
+    assert parse_age(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "30", "d", "30 days", "-1d", "1y"])
+def test_parse_age_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_age(text)
+
+
+async def test_prune_command_deletes_an_old_prefix_in_batches(fresh_dsn: str) -> None:
+    connection = await asyncpg.connect(fresh_dsn)
+    try:
+        old = await _old(connection, 25)
+        young = await publish(connection, STREAM, "new", {})
+        # Old by its timestamp but after a young event in the stream order:
+        # kept, so that what is pruned is always a prefix of the order.
+        late = await _old(connection, 1)
+        result = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "sse_stream.cli", "prune", "--older-than", "30d",
+            "--dsn", fresh_dsn, "--prune-batch", "10"], capture_output=True, text=True,
+            timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stderr
+        assert f"deleted 25 event(s) older than 30d in 3 batch(es); pruned up to {old[-1]}" \
+            in result.stdout
+        left = await connection.fetch("SELECT id FROM sse_stream.events ORDER BY xid, id")
+        assert [await _position(connection, row["id"]) for row in left] == \
+            [await _position(connection, young), late[0]]
+        pruned = await connection.fetchval(
+            "SELECT pruned_xid::text || '-' || pruned_id FROM sse_stream.retention")
+        assert pruned == old[-1]
+        # Nothing older is left: a second run deletes nothing, the position stays.
+        again = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "sse_stream.cli", "prune", "--older-than", "30d",
+            "--dsn", fresh_dsn], capture_output=True, text=True, timeout=120, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert f"deleted 0 event(s) older than 30d in 1 batch(es); pruned up to {old[-1]}" \
+            in again.stdout
+    finally:
+        await connection.close()
+
+
+async def test_gap_event_then_the_rest_and_no_gap_from_zero(fresh_dsn: str) -> None:
+    connection = await asyncpg.connect(fresh_dsn)
+    server = TestServer(create_app(Settings(dsn=fresh_dsn, prune_older_than="30d",
+                                            prune_interval=0.05, prune_batch=7)),
+                        host="127.0.0.1")
+    try:
+        old = await _old(connection, 20)
+        kept = [await publish(connection, STREAM, "new", {"k": n}) for n in range(2)]
+        await server.start_server()
+        # The serving process prunes by itself, in batches of 7.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while await connection.fetchval("SELECT count(*) FROM sse_stream.events") > 2:
+            assert loop.time() < deadline, "not pruned"
+            await asyncio.sleep(0.05)
+        url = str(server.make_url(f"/streams/{STREAM}"))
+
+        async with open_stream(url, headers={"Last-Event-ID": old[2]}) as sse:
+            gap = await sse.next()
+            assert gap.event == "sse.gap" and gap.last_event_id == old[-1]
+            assert envelope(gap) == {"requested_after": old[2], "resumed_after": old[-1]}
+            rest = await sse.take(2)
+            live = await publish(connection, STREAM, "new", {"k": 2})
+            rest += await sse.take(1)
+        assert [envelope(m)["id"] for m in rest] == kept + [live]
+
+        # 0 is "from the oldest retained event": no gap.
+        async with open_stream(url + "?last_event_id=0&live=false") as sse:
+            messages = await sse.rest()
+        assert [m.event for m in messages] == ["new"] * 3
+        # A position after the pruned one: no gap either.
+        after = await _position(connection, kept[0])
+        async with open_stream(url + f"?last_event_id={after}&live=false") as sse:
+            messages = await sse.rest()
+        assert [envelope(m)["id"] for m in messages] == kept[1:] + [live]
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + f"/events?after={old[5]}") as response:
+                page = await response.json()
+            async with session.get(url + "/events?after=0") as response:
+                first = await response.json()
+        assert page["gap"] == {"requested_after": old[5], "resumed_after": old[-1]}
+        assert [e["id"] for e in page["events"]] == kept + [live]
+        assert "gap" not in first and [e["id"] for e in first["events"]] == kept + [live]
+    finally:
+        await server.close()
+        await connection.close()
+
+
+def test_serve_refuses_a_bad_prune_age() -> None:
+    with pytest.raises(ValueError):
+        create_app(Settings(dsn="postgresql://127.0.0.1/x", prune_older_than="soon"))
