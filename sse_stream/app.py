@@ -6,21 +6,28 @@ import logging
 from collections.abc import AsyncIterator
 from importlib import resources
 
+from typing import Any
+
 from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import handlers
-from .handlers import HUB, LISTENER, SETTINGS, STORE
+from .handlers import HUB, LISTENER, REGISTRY, SETTINGS, STORE
 from .hub import Hub
 from .listener import Listener
+from .metrics import HubCollector
 from .retention import Retention, parse_age
 from .settings import Settings
 from .store import EventStore
 
 log = logging.getLogger(__name__)
+# What the metrics collector reads at scrape time, filled by the lifecycle.
+LIVE_OBJECTS = web.AppKey("live_objects", dict)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    live_objects = app[LIVE_OBJECTS]
     assert settings.dsn is not None
     store = EventStore(settings.dsn, replica_dsn=settings.replica_dsn,
                        pool_size=settings.pool_size)
@@ -32,6 +39,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if settings.prune_older_than:
         retention = Retention(store, parse_age(settings.prune_older_than),
                               settings.prune_interval, settings.prune_batch)
+    live_objects.update(hub=hub, listener=listener, store=store, retention=retention)
     hub.start()
     listener.start()
     if retention is not None:
@@ -39,6 +47,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        live_objects.clear()
         if retention is not None:
             await retention.stop()
         await listener.stop()
@@ -65,11 +74,17 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[handlers.problem_middleware],
                           client_max_size=handlers.MAX_BODY + 1024)
     app[SETTINGS] = settings
+    live_objects: dict[str, Any] = {}
+    registry = CollectorRegistry()
+    registry.register(HubCollector(lambda: live_objects))
+    registry.register(ProcessCollector(registry=None))
+    app[LIVE_OBJECTS], app[REGISTRY] = live_objects, registry
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_streams)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/streams/{streams}", handlers.subscribe)
     app.router.add_get("/streams/{streams}/events", handlers.read_page)
     app.router.add_post("/streams/{stream}/events", handlers.publish)

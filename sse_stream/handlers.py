@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from .errors import DatabaseUnavailable, InvalidInput
 from .events import ORIGIN, Position, parse_position
@@ -32,6 +33,7 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", EventStore)
 HUB = web.AppKey("hub", Hub)
 LISTENER = web.AppKey("listener", Listener)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 MAX_BODY = 1 << 20
 MAX_ITEMS = 1000
@@ -133,12 +135,15 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     await response.start(b"retry: %d\n\n" % settings.retry)
     subscription = Subscription(selector, response, start or ORIGIN, request.remote or "")
+    # One line at open and one at close, key=value (logfmt) for log pipelines.
+    log.info("stream opened peer=%s streams=%s start=%s live=%s", subscription.peer,
+             subscription.streams, start.encode() if start is not None else "live", live)
     try:
         await hub.serve(subscription, start, follow=live == "true")
     finally:
-        log.info("stream closed peer=%s streams=%s events=%d seconds=%.1f",
-                 subscription.peer, request.match_info["streams"], subscription.events_sent,
-                 time.monotonic() - subscription.opened)
+        log.info("stream closed peer=%s streams=%s events=%d bytes=%d seconds=%.3f",
+                 subscription.peer, subscription.streams, subscription.events_sent,
+                 subscription.bytes_sent, time.monotonic() - subscription.opened)
     await response.finish()
     return response
 
@@ -210,6 +215,14 @@ def _publish_item(item: Any, index: int | None) -> tuple[str, Any]:
     if type_.startswith(RESERVED_TYPE_PREFIX):
         raise InvalidInput(f"body{where}.type", "types starting with 'sse.' are reserved")
     return type_, item.get("data")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format, collected from the hub's counters."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from collections.abc import Collection
 
 from .errors import DatabaseUnavailable
 from .events import ORIGIN, Event, Position
+from .metrics import LAG_BUCKETS, READ_BUCKETS, Buckets
 from .patterns import StreamPattern
 from .response import KEEPALIVE
 from .settings import Settings
@@ -65,6 +66,9 @@ class Hub:
         self.replayed = 0
         self.catchups = 0
         self.gaps = 0
+        self.opened = 0
+        self.read_sizes = Buckets(READ_BUCKETS)  # events read per wake-up
+        self.lag = Buckets(LAG_BUCKETS)  # created_at to fan-out, seconds, per event read
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -127,12 +131,17 @@ class Hub:
 
     async def _read_new(self) -> None:
         self.wakeups += 1
-        while True:
-            page = await self.store.read_live(self.watermark, self.settings.page_size)
-            self._fan_out(page)
-            if not page.full:
-                self._held = page.held
-                return
+        read = 0
+        try:
+            while True:
+                page = await self.store.read_live(self.watermark, self.settings.page_size)
+                self._fan_out(page)
+                read += len(page.events)
+                if not page.full:
+                    self._held = page.held
+                    return
+        finally:
+            self.read_sizes.observe(read)
 
     def _candidates(self, stream: str) -> Collection[Group]:
         found = self._exact.get(stream)
@@ -169,6 +178,11 @@ class Hub:
                             batch = matched[group] = []
                         batch.append(event)
             self.last_event = events[-1].position
+            # Per event read, not per subscriber: one subtraction and a bisect.
+            now = time.time()
+            observe = self.lag.observe
+            for event in events:
+                observe(now - event.created_at.timestamp())
         self.watermark = page.covered
         limit = self.settings.max_pending
         behind: list[Subscription] = []
@@ -248,6 +262,7 @@ class Hub:
         With `follow` False the stream ends once it has caught up.
         """
         self.subscriptions.add(subscription)
+        self.opened += 1
         try:
             await self._wait_started(subscription)
             if start is None:

@@ -87,7 +87,8 @@ class Subscription:
     """
 
     __slots__ = ("selector", "response", "cursor", "skip_until", "sent", "live", "closed",
-                 "last_write", "signal", "sql", "events_sent", "opened", "peer")
+                 "last_write", "signal", "sql", "events_sent", "bytes_sent", "opened", "peer",
+                 "streams")
 
     def __init__(self, selector: Selector, response: SseResponse, cursor: Position,
                  peer: str = "") -> None:
@@ -102,8 +103,10 @@ class Subscription:
         self.signal = asyncio.Event()  # wakes the stream's task: overflow, close
         self.sql = selector.to_sql()
         self.events_sent = 0
+        self.bytes_sent = 0
         self.opened = time.monotonic()
         self.peer = peer
+        self.streams = ",".join(p.text for p in selector.patterns)  # for logs and metrics
 
     def write(self, data: bytes | Payload) -> None:
         """Write without waiting; marks the subscription closed if the client left."""
@@ -113,6 +116,7 @@ class Subscription:
             self.close()
             return
         self.last_write = time.monotonic()
+        self.bytes_sent += len(data)
 
     def close(self) -> None:
         self.closed = True

@@ -1,0 +1,132 @@
+"""Prometheus metrics, read from the hub's own counters at scrape time.
+
+Nothing on the hot path touches a prometheus object: the hub counts with
+plain integers (and two small bucket arrays updated once per wake-up or once
+per event read, never per subscriber), and `HubCollector` turns them into
+metric families when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric)
+from prometheus_client.registry import Collector
+
+OTHER = "other"
+MAX_PATTERN_LABELS = 50  # distinct stream-pattern labels before "other"
+
+READ_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Buckets:
+    """A histogram as plain numbers: `observe` is a bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        result: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.counts):
+            running += count
+            result.append((bound, running))
+        return result
+
+
+class HubCollector(Collector):
+    """Reads one process's hub, listener, store and retention on each scrape."""
+
+    def __init__(self, source: Callable[[], dict[str, Any]]) -> None:
+        # `source` returns the live objects (hub, listener, store, retention):
+        # the app creates them in its lifecycle, after the registry exists.
+        self.source = source
+        self.labelled: set[str] = set()
+
+    def _label(self, text: str) -> str:
+        if text in self.labelled:
+            return text
+        if len(self.labelled) < MAX_PATTERN_LABELS:
+            self.labelled.add(text)
+            return text
+        return OTHER
+
+    def collect(self) -> Iterator[Metric]:
+        objects = self.source()
+        hub = objects.get("hub")
+        if hub is None:
+            return
+        listener, store, retention = (objects.get("listener"), objects.get("store"),
+                                      objects.get("retention"))
+        open_streams = GaugeMetricFamily(
+            "sse_stream_open_streams", "Open SSE streams, by the streams they asked for "
+            f"(the first {MAX_PATTERN_LABELS} distinct values, then 'other').", labels=["streams"])
+        by_label: dict[str, int] = {}
+        catching_up = 0
+        for subscription in list(hub.subscriptions):
+            label = self._label(subscription.streams)
+            by_label[label] = by_label.get(label, 0) + 1
+            catching_up += not subscription.live
+        for label, count in sorted(by_label.items()):
+            open_streams.add_metric([label], count)
+        yield open_streams
+        yield GaugeMetricFamily("sse_stream_streams_catching_up",
+                                "Open streams reading from the table instead of the live flow.",
+                                value=catching_up)
+
+        def counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, help_text, value=value)
+
+        yield counter("sse_stream_events_delivered", "Events written to live streams.",
+                      hub.delivered)
+        yield counter("sse_stream_events_replayed", "Events written by catch-up (replay) reads.",
+                      hub.replayed)
+        yield counter("sse_stream_wakeups", "Shared reads started (NOTIFY, poll or reconnect).",
+                      hub.wakeups)
+        yield counter("sse_stream_events_read", "Events read by the shared live read.",
+                      hub.events_read)
+        yield counter("sse_stream_catchups", "Slow streams moved from the live flow back to "
+                      "catching up from the table.", hub.catchups)
+        yield counter("sse_stream_gaps", "sse.gap events sent (start below retention).", hub.gaps)
+        yield counter("sse_stream_streams_opened", "Streams opened.", hub.opened)
+        reads = HistogramMetricFamily("sse_stream_events_per_wakeup",
+                                      "Events read per wake-up of the shared read.")
+        reads.add_metric([], hub.read_sizes.cumulative(), sum_value=hub.read_sizes.total)
+        yield reads
+        lag = HistogramMetricFamily(
+            "sse_stream_delivery_lag_seconds",
+            "Seconds from an event's created_at (the start of its writing transaction) to the "
+            "shared fan-out that writes it to live streams; once per event read.")
+        lag.add_metric([], hub.lag.cumulative(), sum_value=hub.lag.total)
+        yield lag
+        yield GaugeMetricFamily("sse_stream_ready", "1 when the last shared read reached the "
+                                "database.", value=1 if hub.ready else 0)
+        if listener is not None:
+            yield counter("sse_stream_listener_reconnects",
+                          "Times the LISTEN connection was lost and made again.",
+                          listener.reconnects)
+            yield counter("sse_stream_notifications", "NOTIFY wake-ups received.",
+                          listener.notifications)
+            yield GaugeMetricFamily("sse_stream_listener_connected",
+                                    "1 while the LISTEN connection is up.",
+                                    value=1 if listener.connected else 0)
+        if store is not None:
+            yield counter("sse_stream_database_reads", "Event reads (shared and catch-up).",
+                          store.reads)
+        if retention is not None:
+            yield counter("sse_stream_pruned_events", "Events deleted by retention.",
+                          retention.deleted)
