@@ -72,6 +72,8 @@ class Event:
     # The wire forms, built once per event whatever the number of readers.
     envelope: bytes = field(repr=False, compare=False)
     sse: bytes = field(repr=False, compare=False)
+    # Other wire forms, built on first use by any subscriber, then shared.
+    _forms: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, xid: int, id_: int, stream: str, type_: str, data_json: str,
@@ -92,6 +94,34 @@ class Event:
         sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
             encoded_position.encode(), type_.encode(), envelope)
         return cls(id_, position, stream, type_, data, created_at, envelope, sse)
+
+    @property
+    def cloudevent(self) -> bytes:
+        """The event as a CloudEvents 1.0 JSON envelope (structured mode)."""
+        form = self._forms.get("cloudevent")
+        if form is None:
+            form = self._forms["cloudevent"] = orjson.dumps({
+                "specversion": "1.0",
+                "id": str(self.id),
+                "source": f"/streams/{self.stream}",
+                "type": self.type,
+                "time": _utc_z(self.created_at),
+                "datacontenttype": "application/json",
+                "data": self.data,
+                # Extension attributes: lowercase alphanumeric names.
+                "ssestream": self.stream,
+                "sseposition": self.position.encode(),
+            })
+        return form
+
+    @property
+    def cloudevent_sse(self) -> bytes:
+        """The SSE frame whose data is the CloudEvents envelope."""
+        form = self._forms.get("cloudevent_sse")
+        if form is None:
+            form = self._forms["cloudevent_sse"] = b"id: %s\nevent: %s\ndata: %s\n\n" % (
+                self.position.encode().encode(), self.type.encode(), self.cloudevent)
+        return form
 
     def as_dict(self) -> dict[str, Any]:
         """The envelope as a mapping (for JSON pages)."""

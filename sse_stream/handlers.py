@@ -38,8 +38,9 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 MAX_BODY = 1 << 20
 MAX_ITEMS = 1000
 PAGE_DEFAULT, PAGE_MAX = 100, 1000
-_SUBSCRIBE_PARAMS = {"type", "last_event_id", "live", "or"}
-_PAGE_PARAMS = {"type", "after", "limit", "or"}
+_SUBSCRIBE_PARAMS = {"type", "last_event_id", "live", "or", "format"}
+_PAGE_PARAMS = {"type", "after", "limit", "or", "format"}
+FORMATS = ("envelope", "cloudevents")
 
 
 def problem(status: int, detail: str, param: str | None = None,
@@ -117,12 +118,20 @@ def _start_position(request: web.Request) -> Position | None:
     return parse_position(value, "last_event_id")
 
 
+def _cloudevents(request: web.Request) -> bool:
+    value = request.query.get("format", "envelope")
+    if value not in FORMATS:
+        raise InvalidInput("format", "must be envelope or cloudevents")
+    return value == "cloudevents"
+
+
 async def subscribe(request: web.Request) -> web.StreamResponse:
     """GET /streams/{streams}: the SSE stream."""
     _check_loopback(request)
     _check_params(request, _SUBSCRIBE_PARAMS)
     selector = parse_selector(request)
     start = _start_position(request)
+    cloudevents = _cloudevents(request)
     live = request.query.get("live", "true")
     if live not in ("true", "false"):
         raise InvalidInput("live", "must be true or false")
@@ -134,7 +143,8 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     response = SseResponse()
     await response.prepare(request)
     await response.start(b"retry: %d\n\n" % settings.retry)
-    subscription = Subscription(selector, response, start or ORIGIN, request.remote or "")
+    subscription = Subscription(selector, response, start or ORIGIN, request.remote or "",
+                                cloudevents=cloudevents)
     # One line at open and one at close, key=value (logfmt) for log pipelines.
     log.info("stream opened peer=%s streams=%s start=%s live=%s", subscription.peer,
              subscription.streams, start.encode() if start is not None else "live", live)
@@ -154,6 +164,7 @@ async def read_page(request: web.Request) -> web.Response:
     _check_params(request, _PAGE_PARAMS)
     selector = parse_selector(request)
     after = parse_position(request.query.get("after", "0"), "after")
+    cloudevents = _cloudevents(request)
     try:
         limit = int(request.query.get("limit", PAGE_DEFAULT))
     except ValueError:
@@ -174,7 +185,8 @@ async def read_page(request: web.Request) -> web.Response:
         gap = b',"gap":{"requested_after":"%s","resumed_after":"%s"}' % (
             after.encode().encode(), page.pruned.encode().encode())
     body = b'{"events":[%s],"next_after":"%s","has_more":%s%s}' % (
-        b",".join(event.envelope for event in events), next_after.encode().encode(),
+        b",".join(event.cloudevent if cloudevents else event.envelope for event in events),
+        next_after.encode().encode(),
         b"true" if has_more else b"false", gap)
     return web.Response(body=body, content_type="application/json")
 

@@ -32,13 +32,17 @@ HELD_POLL = 0.025  # seconds between reads while an open transaction holds rows 
 
 
 class Group:
-    """Live subscriptions with the same selector: matched once, written alike."""
+    """Live subscriptions with the same selector and format: matched once, written alike."""
 
-    __slots__ = ("selector", "members")
+    __slots__ = ("selector", "cloudevents", "members")
 
-    def __init__(self, selector: Selector) -> None:
+    def __init__(self, selector: Selector, cloudevents: bool) -> None:
         self.selector = selector
+        self.cloudevents = cloudevents
         self.members: set[Subscription] = set()
+
+    def frame(self, event: Event) -> bytes:
+        return event.cloudevent_sse if self.cloudevents else event.sse
 
 
 class Hub:
@@ -54,7 +58,7 @@ class Hub:
         self._held = False
         # Live subscriptions, grouped by identical selector and indexed by
         # stream name (exact) or pattern.
-        self._groups: dict[Selector, Group] = {}
+        self._groups: dict[tuple[Selector, bool], Group] = {}
         self._exact: dict[str, set[Group]] = {}
         self._patterns: dict[str, tuple[StreamPattern, set[Group]]] = {}
         self.subscriptions: set[Subscription] = set()
@@ -187,7 +191,7 @@ class Hub:
         limit = self.settings.max_pending
         behind: list[Subscription] = []
         for group, batch in matched.items():
-            payload = Payload(b"".join(event.sse for event in batch))
+            payload = Payload(b"".join(map(group.frame, batch)))
             first, last = batch[0].position, batch[-1].position
             for subscription in group.members:
                 if subscription.skip_until < first:
@@ -198,7 +202,7 @@ class Hub:
                     rest = [event for event in batch if event.position > subscription.skip_until]
                     if not rest:
                         continue
-                    subscription.write(Payload(b"".join(event.sse for event in rest)))
+                    subscription.write(Payload(b"".join(map(group.frame, rest))))
                     count = len(rest)
                 subscription.sent = last
                 subscription.events_sent += count
@@ -219,9 +223,10 @@ class Hub:
         subscription.live = True
         subscription.skip_until = subscription.cursor
         selector = subscription.selector
-        group = self._groups.get(selector)
+        key = (selector, subscription.cloudevents)
+        group = self._groups.get(key)
         if group is None:
-            group = self._groups[selector] = Group(selector)
+            group = self._groups[key] = Group(selector, subscription.cloudevents)
             for pattern in selector.patterns:
                 if pattern.is_exact:
                     self._exact.setdefault(pattern.text, set()).add(group)
@@ -237,11 +242,12 @@ class Hub:
             return
         subscription.live = False
         selector = subscription.selector
-        group = self._groups[selector]
+        key = (selector, subscription.cloudevents)
+        group = self._groups[key]
         group.members.discard(subscription)
         if group.members:
             return
-        del self._groups[selector]
+        del self._groups[key]
         for pattern in selector.patterns:
             if pattern.is_exact:
                 groups = self._exact[pattern.text]
@@ -361,7 +367,7 @@ class Hub:
 
     def _write_page(self, subscription: Subscription, events: list[Event]) -> None:
         if events:
-            subscription.write(b"".join(event.sse for event in events))
+            subscription.write(b"".join(map(subscription.frame, events)))
             subscription.sent = events[-1].position
             subscription.events_sent += len(events)
             self.replayed += len(events)

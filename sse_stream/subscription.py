@@ -88,10 +88,10 @@ class Subscription:
 
     __slots__ = ("selector", "response", "cursor", "skip_until", "sent", "live", "closed",
                  "last_write", "signal", "sql", "events_sent", "bytes_sent", "opened", "peer",
-                 "streams")
+                 "streams", "cloudevents")
 
     def __init__(self, selector: Selector, response: SseResponse, cursor: Position,
-                 peer: str = "") -> None:
+                 peer: str = "", cloudevents: bool = False) -> None:
         self.selector = selector
         self.response = response
         self.cursor = cursor          # every matching event up to here was written
@@ -107,6 +107,11 @@ class Subscription:
         self.opened = time.monotonic()
         self.peer = peer
         self.streams = ",".join(p.text for p in selector.patterns)  # for logs and metrics
+        self.cloudevents = cloudevents  # data: is a CloudEvents envelope
+
+    def frame(self, event: Event) -> bytes:
+        """The event's SSE bytes in this stream's format (built once per event)."""
+        return event.cloudevent_sse if self.cloudevents else event.sse
 
     def write(self, data: bytes | Payload) -> None:
         """Write without waiting; marks the subscription closed if the client left."""
@@ -116,7 +121,7 @@ class Subscription:
             self.close()
             return
         self.last_write = time.monotonic()
-        self.bytes_sent += len(data)
+        self.bytes_sent += len(data.data if isinstance(data, Payload) else data)
 
     def close(self) -> None:
         self.closed = True
