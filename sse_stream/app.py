@@ -8,6 +8,7 @@ from importlib import resources
 
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
@@ -23,6 +24,7 @@ from .store import EventStore
 log = logging.getLogger(__name__)
 # What the metrics collector reads at scrape time, filled by the lifecycle.
 LIVE_OBJECTS = web.AppKey("live_objects", dict)
+ASYNCAPI = web.AppKey("asyncapi", dict)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -66,6 +68,15 @@ async def _index(request: web.Request) -> web.Response:
     return web.Response(body=page, content_type="text/html")
 
 
+async def _asyncapi(request: web.Request) -> web.Response:
+    """The AsyncAPI 3 document, with this server's address as its server."""
+    document = request.app[ASYNCAPI]
+    server = {**document["servers"]["local"], "host": request.host,
+              "protocol": request.scheme}
+    body = orjson.dumps({**document, "servers": {"local": server}})
+    return web.Response(body=body, content_type="application/json")
+
+
 def create_app(settings: Settings) -> web.Application:
     if settings.dsn is None:
         raise ValueError("create_app needs settings.dsn")
@@ -79,12 +90,15 @@ def create_app(settings: Settings) -> web.Application:
     registry.register(HubCollector(lambda: live_objects))
     registry.register(ProcessCollector(registry=None))
     app[LIVE_OBJECTS], app[REGISTRY] = live_objects, registry
+    app[ASYNCAPI] = orjson.loads(
+        resources.files("sse_stream.static").joinpath("asyncapi.json").read_bytes())
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_streams)
     app.router.add_get("/", _index)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/asyncapi.json", _asyncapi)
     app.router.add_get("/streams/{streams}", handlers.subscribe)
     app.router.add_get("/streams/{streams}/events", handlers.read_page)
     app.router.add_post("/streams/{stream}/events", handlers.publish)
