@@ -52,8 +52,10 @@ SELECT pruned_xid::text::bigint, pruned_id FROM sse_stream.retention;
 -- (below the snapshot's xmin, $2 at most), up to the first one created at or
 -- after the cutoff $1, so the pruned rows are always a prefix of the order
 -- and "everything at or before pruned_position is gone" holds exactly. The
--- rows are deleted and the position recorded in one statement; each batch
--- is its own short transaction.
+-- prefix is deleted as a key range (an index range scan, whatever the table's
+-- size) and the position recorded in the same statement; each batch is its
+-- own short transaction. No row can appear later inside the range: it is
+-- below the horizon, where every transaction has ended.
 WITH head AS (
     SELECT ev.xid, ev.id,
            bool_or(ev.created_at >= $1) OVER (ORDER BY ev.xid, ev.id) AS kept
@@ -61,13 +63,13 @@ WITH head AS (
     WHERE ev.xid < pg_snapshot_xmin(pg_current_snapshot())
     ORDER BY ev.xid, ev.id
     LIMIT $2
+), top AS (
+    SELECT xid, id FROM head WHERE NOT kept ORDER BY xid DESC, id DESC LIMIT 1
 ), deleted AS (
     DELETE FROM sse_stream.events e
-    USING head h
-    WHERE NOT h.kept AND e.xid = h.xid AND e.id = h.id
-    RETURNING e.xid, e.id
-), top AS (
-    SELECT xid, id FROM deleted ORDER BY xid DESC, id DESC LIMIT 1
+    USING top
+    WHERE (e.xid, e.id) <= (top.xid, top.id)
+    RETURNING e.id
 ), recorded AS (
     INSERT INTO sse_stream.retention AS r (pruned_xid, pruned_id)
     SELECT xid, id FROM top

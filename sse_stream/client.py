@@ -312,6 +312,8 @@ class Subscriber:
         try:
             chunk = await asyncio.wait_for(self._response.content.readany(), self.read_timeout)
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            if self._closed:
+                return
             log.info("stream interrupted (%s), resuming after %s",
                      type(error).__name__, self.last_event_id or "the start")
             await self._disconnect()

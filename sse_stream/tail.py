@@ -134,8 +134,18 @@ async def tail(url: str, *, start: str | None = None, types: tuple[str, ...] = (
                     checkpoint()
     except asyncio.CancelledError:
         pass
+    except BrokenPipeError:
+        # The reader went away (`| head`): what it took is saved, not more.
+        state = None
+        if out is sys.stdout:
+            # Quiet the interpreter's own flush of the dead pipe at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        checkpoint()
+        try:
+            checkpoint()
+        except BrokenPipeError:
+            pass
     return 0

@@ -115,4 +115,5 @@ def test_wheel_ships_the_sql_files(tmp_path: Path) -> None:
     sql_files = {p.name for p in (ROOT / "sql").glob("*.sql")}
     assert sql_files and {f"sse_stream/sql/{name}" for name in sql_files} <= names
     assert "sse_stream/static/index.html" in names
+    assert "sse_stream/static/asyncapi.json" in names
     assert "sse_stream/py.typed" in names

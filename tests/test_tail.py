@@ -14,7 +14,8 @@ import orjson
 
 from conftest import publish
 from test_serve import ROOT, ServerProcess, _free_port
-from sse_stream.tail import parse_target, read_state, write_state
+from sse_stream.client import ControlEvent, StreamEvent
+from sse_stream.tail import format_line, parse_target, read_state, write_state
 
 
 def _key(position: str) -> tuple[int, ...]:
@@ -114,6 +115,19 @@ def test_tail_target_and_state_file(tmp_path: Path) -> None:
     write_state(state, "12-35")
     assert read_state(state) == "12-35"
     assert [p.name for p in tmp_path.iterdir()] == ["state"]
+
+
+def test_pretty_lines_on_a_terminal() -> None:
+    event = StreamEvent(12, "782-12", "orders", "order.created", {"id": 42}, "2026-11-26T14:03:07Z")
+    pretty = format_line(event, pretty=True)
+    assert "\x1b[" in pretty and "782-12" in pretty and "order.created" in pretty
+    assert '{"id":42}' in pretty and "\n" not in pretty
+    assert orjson.loads(format_line(event, pretty=False)) == {
+        "id": 12, "position": "782-12", "stream": "orders", "type": "order.created",
+        "data": {"id": 42}, "created_at": "2026-11-26T14:03:07Z"}
+    gap = ControlEvent("sse.gap", {"requested_after": "1-1", "resumed_after": "2-2"}, "2-2")
+    assert orjson.loads(format_line(gap, pretty=False)) == {
+        "type": "sse.gap", "position": "2-2", "data": {"requested_after": "1-1", "resumed_after": "2-2"}}
 
 
 def test_tail_refuses_a_bad_url() -> None:
