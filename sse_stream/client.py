@@ -310,7 +310,9 @@ class Subscriber:
             await self._connect()
             return
         try:
-            chunk = await asyncio.wait_for(self._response.content.readany(), self.read_timeout)
+            # Not wait_for: on Python 3.11 it can swallow a cancellation.
+            async with asyncio.timeout(self.read_timeout):
+                chunk = await self._response.content.readany()
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
             if self._closed:
                 return

@@ -127,7 +127,11 @@ class Hub:
                 timeout = backoff
                 backoff = min(backoff * 2, 5.0)
             try:
-                await asyncio.wait_for(self._doorbell.wait(), timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for
+                # swallows a cancellation that arrives as the wait ends, and
+                # stop() would then wait for this task forever.
+                async with asyncio.timeout(timeout):
+                    await self._doorbell.wait()
             except TimeoutError:
                 pass
             # Cleared before the read: a NOTIFY during the read rings again.
@@ -329,7 +333,8 @@ class Hub:
                 return False
             except DatabaseUnavailable:
                 try:
-                    await asyncio.wait_for(subscription.signal.wait(), backoff)
+                    async with asyncio.timeout(backoff):
+                        await subscription.signal.wait()
                 except TimeoutError:
                     pass
                 subscription.signal.clear()

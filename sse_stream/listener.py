@@ -54,7 +54,11 @@ class Listener:
         while True:
             lost = asyncio.Event()
             try:
-                connection = await asyncio.wait_for(asyncpg.connect(self.dsn), 10)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for
+                # swallows a cancellation that arrives as the awaited call
+                # ends, and stop() would then wait for this task forever.
+                async with asyncio.timeout(10):
+                    connection = await asyncpg.connect(self.dsn)
                 self._connection = connection
                 connection.add_termination_listener(lambda _: lost.set())
                 await connection.add_listener(CHANNEL, self._notified)
@@ -65,11 +69,13 @@ class Listener:
                 self.on_notify()
                 while not lost.is_set():
                     try:
-                        await asyncio.wait_for(lost.wait(), self.keepalive)
+                        async with asyncio.timeout(self.keepalive):
+                            await lost.wait()
                     except TimeoutError:
                         # A health check: a half-open TCP connection would
                         # otherwise look alive and silent forever.
-                        await asyncio.wait_for(connection.fetchval("SELECT 1"), self.keepalive)
+                        async with asyncio.timeout(self.keepalive):
+                            await connection.fetchval("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
