@@ -127,6 +127,8 @@ class HubCollector(Collector):
         if store is not None:
             yield counter("sse_stream_database_reads", "Event reads (shared and catch-up).",
                           store.reads)
+            yield counter("sse_stream_replica_reads", "Catch-up reads sent to the replica DSN.",
+                          store.replica_reads)
         if retention is not None:
             yield counter("sse_stream_pruned_events", "Events deleted by retention.",
                           retention.deleted)
