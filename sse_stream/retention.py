@@ -93,4 +93,8 @@ class Retention:
                              self.older_than, result.pruned.encode() if result.pruned else "-")
             except DatabaseUnavailable as error:
                 log.warning("prune skipped, database unavailable: %s", error)
+            except Exception:
+                # A failed prune (a lock timeout, a statement error) must not
+                # end retention for the life of the process: try next time.
+                log.exception("prune failed")
             await asyncio.sleep(self.interval)
