@@ -184,3 +184,33 @@ async def test_subscribe_never_yields_twice_and_sends_last_id() -> None:
     # The first connection resumes from the given id; the second from the
     # bare id line that followed the last event.
     assert seen_headers[:2] == ["4-0", "6-0"]
+
+
+async def test_subscribe_resumes_after_a_broken_connection() -> None:
+    """A connection cut mid-stream (no clean end) is resumed with the last id."""
+    seen_headers: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen_headers.append(request.headers.get("Last-Event-ID"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if len(seen_headers) == 1:
+            await response.write(b"retry: 10\n\nid: 1-1\nevent: t\ndata: {\"id\":1}\n\nid: 1-2\nevent: t\nda")
+            assert request.transport is not None
+            request.transport.abort()  # a reset, half an event on the wire
+            return response
+        await response.write(b"id: 1-2\nevent: t\ndata: {\"id\":2}\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/streams/{streams}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with subscribe(str(server.make_url("")), "s") as events:
+            got = await _collect(events, 2)
+    finally:
+        await server.close()
+    assert [e.id for e in got] == [1, 2]
+    assert seen_headers[:2] == [None, "1-1"]
