@@ -1,0 +1,559 @@
+"""sse-stream benchmarks: `python benchmarks/run.py SCENARIO [options]`.
+
+Scenarios: fanout, filtered, idle, replay, churn (see README "Benchmarks").
+Each starts its own `sse-stream serve` process on 127.0.0.1 (and, without
+--dsn, its own embedded PostgreSQL with fsync off), runs for a bounded time,
+prints a table and one JSON line (prefixed `RESULT `), and stops what it
+started by PID. The load generator runs in this process (benchmarks/loadgen.py).
+
+Publishing: events are written with SQL in batches, one INSERT ... SELECT
+generate_series per transaction, so the publisher is never the bottleneck.
+At a rate R up to 100 events/s a transaction carries one event (R tx/s);
+above that there are 100 transactions per second of R/100 events each
+(R=1000: 100 tx/s of 10 events). `--rate 0` ("max") commits batches of
+`--batch` events (default 100) back to back on one connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from loadgen import SseConnection, connect, connect_many, percentile, raise_open_files  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+PAD = "x" * 110  # with seq, user_id and ts: about 200 bytes of data per event
+
+INSERT = """
+INSERT INTO sse_stream.events (stream, type, data)
+SELECT $1, 'bench.tick',
+       jsonb_build_object('seq', s, 'user_id', s % $4, 'pad', $5::text,
+                          'ts', extract(epoch FROM clock_timestamp()))
+FROM generate_series($2::bigint, $3::bigint) AS s
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- processes --------------------------------------------------------------------
+
+
+class ServerProcess:
+    """`python -m sse_stream.cli serve` on 127.0.0.1, measured through /proc."""
+
+    def __init__(self, dsn: str, log: Path, *extra: str) -> None:
+        self.port = _free_port()
+        self.log = log.open("ab")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sse_stream.cli", "serve", "--dsn", dsn, "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "WARNING", *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.pid = self.process.pid
+
+    async def ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}, "
+                                   f"see {self.log.name}")
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                status = await reader.readline()
+                writer.close()
+                if b" 200 " in status:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        raise TimeoutError("server not ready")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime + stime
+
+    def memory_kib(self, key: str) -> int:
+        """VmRSS or VmHWM (peak RSS) of the server, in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self.log.close()
+
+
+@dataclass
+class Setup:
+    dsn: str
+    folder: Path
+
+
+@asynccontextmanager
+async def database(args: argparse.Namespace) -> AsyncIterator[Setup]:
+    """The given DSN, or an embedded PostgreSQL (fsync off) in a temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="sse-stream-bench-"))
+    embedded = None
+    try:
+        if args.dsn:
+            dsn = args.dsn
+        else:
+            from sse_stream.embedded import EmbeddedPostgres
+
+            embedded = EmbeddedPostgres(folder / "pgdata", fast=True)
+            dsn = embedded.start()
+        from sse_stream.migrate import migrate_dsn
+
+        await migrate_dsn(dsn)
+        yield Setup(dsn, folder)
+    finally:
+        if embedded is not None:
+            embedded.stop("immediate")
+        if args.keep_logs:
+            print(f"logs kept in {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@asynccontextmanager
+async def server(setup: Setup, *extra: str) -> AsyncIterator[ServerProcess]:
+    process = ServerProcess(setup.dsn, setup.folder / "serve.log", "--no-migrate", *extra)
+    try:
+        await process.ready()
+        yield process
+    finally:
+        process.stop()
+
+
+# -- publishing -------------------------------------------------------------------
+
+
+def batch_plan(rate: float, batch: int) -> tuple[int, float]:
+    """Events per transaction and transactions per second for a rate (0: max)."""
+    if rate <= 0:
+        return batch, 0.0
+    if rate <= 100:
+        return 1, rate
+    per_tx = max(1, round(rate / 100))
+    return per_tx, rate / per_tx
+
+
+async def publish(dsn: str, stream: str, rate: float, seconds: float, *, batch: int = 100,
+                  users: int = 1000, first: int = 1) -> tuple[int, float]:
+    """Publish for `seconds`; return (events published, seconds spent)."""
+    per_tx, tx_rate = batch_plan(rate, batch)
+    connection = await asyncpg.connect(dsn)
+    seq = first
+    try:
+        start = time.monotonic()
+        ticks = 0
+        while True:
+            now = time.monotonic()
+            if now - start >= seconds:
+                break
+            if tx_rate:
+                due = start + ticks / tx_rate
+                if due > now:
+                    await asyncio.sleep(due - now)
+                ticks += 1
+            await connection.execute(INSERT, stream, seq, seq + per_tx - 1, users, PAD)
+            seq += per_tx
+        return seq - first, time.monotonic() - start
+    finally:
+        await connection.close()
+
+
+async def load_rows(dsn: str, stream: str, count: int) -> float:
+    """Store `count` events in one INSERT ... SELECT generate_series; return seconds."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        start = time.monotonic()
+        await connection.execute(INSERT, stream, 1, count, 1000, PAD)
+        await connection.execute("ANALYZE sse_stream.events")
+        return time.monotonic() - start
+    finally:
+        await connection.close()
+
+
+async def wait_for(connections: Sequence[SseConnection], expected: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sum(c.events for c in connections) < expected:
+        await asyncio.sleep(0.05)
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def latencies(connections: Sequence[SseConnection]) -> list[float]:
+    return [value for c in connections if c.received for value in c.received.latencies]
+
+
+def ms(value: float) -> float:
+    return round(value * 1000, 1)
+
+
+def report(name: str, rows: list[tuple[str, Any]], result: dict[str, Any]) -> None:
+    width = max(len(label) for label, _ in rows)
+    print(f"\n{name}")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    print("RESULT " + orjson.dumps({"scenario": name, **result}).decode(), flush=True)
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# -- scenarios --------------------------------------------------------------------
+
+
+async def fanout(args: argparse.Namespace, *, filtered: bool = False) -> dict[str, Any]:
+    stream = "bench" + uuid.uuid4().hex[:8]
+    async with database(args) as setup, server(setup, "--heartbeat", str(args.heartbeat)) as srv:
+        if filtered:
+            paths = [f"/streams/{stream}?data.user_id=eq.{k}" for k in range(args.subscribers)]
+            parse_every = 1  # one event per second each: parsing all is cheap
+        else:
+            paths = [f"/streams/{stream}"] * args.subscribers
+            parse_every = max(1, args.subscribers // args.sample)
+        connections = await connect_many(srv.port, paths, parse_every=parse_every)
+        load0, cpu0, mine0 = load_average(), srv.cpu_seconds(), own_cpu()
+        start = time.monotonic()
+        published, pub_seconds = await publish(setup.dsn, stream, args.rate, args.seconds,
+                                               batch=args.batch, users=args.subscribers)
+        matching = published if filtered else published * args.subscribers
+        await wait_for(connections, matching, args.drain)
+        received = sum(c.events for c in connections)
+        last = max((c.last_rx for c in connections), default=start)
+        elapsed = max(last - start, pub_seconds)
+        cpu = srv.cpu_seconds() - cpu0
+        mine = own_cpu() - mine0
+        lost = sum(1 for c in connections if c.done.done())
+        lat = latencies(connections)
+        for connection in connections:
+            connection.close()
+        result = {
+            "subscribers": args.subscribers, "rate": args.rate or "max", "seconds": args.seconds,
+            "published": published, "events_per_s": round(published / pub_seconds),
+            "offered_deliveries_per_s": round(matching / pub_seconds),
+            "achieved_deliveries_per_s": round(received / elapsed),
+            "delivered_pct": round(100 * received / matching, 3) if matching else 100.0,
+            "latency_ms": {"p50": ms(percentile(lat, .5)), "p99": ms(percentile(lat, .99)),
+                           "max": ms(max(lat, default=float("nan"))), "samples": len(lat)},
+            "server_cpu_s": round(cpu, 2),
+            "server_cpu_us_per_delivery": round(cpu * 1e6 / received, 2) if received else None,
+            "server_peak_rss_mib": round(srv.memory_kib("VmHWM") / 1024, 1),
+            "loadgen_cpu_s": round(mine, 2), "streams_closed_early": lost,
+            "load_average": load0,
+        }
+    rows = [("subscribers", result["subscribers"]), ("rate (events/s)", result["rate"]),
+            ("published / achieved events/s", f"{published} / {result['events_per_s']}"),
+            ("deliveries/s offered", result["offered_deliveries_per_s"]),
+            ("deliveries/s achieved", result["achieved_deliveries_per_s"]),
+            ("delivered", f"{result['delivered_pct']} %"),
+            ("latency p50 / p99 / max (ms)", "{p50} / {p99} / {max} ({samples} samples)"
+             .format(**result["latency_ms"])),
+            ("server CPU s (us/delivery)",
+             f"{result['server_cpu_s']} ({result['server_cpu_us_per_delivery']})"),
+            ("server peak RSS (MiB)", result["server_peak_rss_mib"]),
+            ("load generator CPU s", result["loadgen_cpu_s"]),
+            ("load average at start", load0)]
+    report("filtered" if filtered else "fanout", rows, result)
+    return result
+
+
+async def idle(args: argparse.Namespace) -> dict[str, Any]:
+    stream = "idle" + uuid.uuid4().hex[:8]
+    heartbeat = args.heartbeat
+    async with database(args) as setup, server(setup, "--heartbeat", str(heartbeat)) as srv:
+        await asyncio.sleep(1)
+        before = srv.memory_kib("VmRSS")
+        load0, cpu0 = load_average(), srv.cpu_seconds()
+        opened = time.monotonic()
+        connections = await connect_many(srv.port, [f"/streams/{stream}"] * args.streams)
+        open_seconds = time.monotonic() - opened
+        cpu_open = srv.cpu_seconds() - cpu0
+        held = time.monotonic()
+        cpu1 = srv.cpu_seconds()
+        await asyncio.sleep(args.seconds)
+        hold_seconds = time.monotonic() - held
+        cpu_hold = srv.cpu_seconds() - cpu1
+        after = srv.memory_kib("VmRSS")
+        now = time.monotonic()
+        slack = heartbeat / 4 + 1.0
+        kept = [c for c in connections if not c.done.done()]
+        on_time = [c for c in kept
+                   if max(c.max_gap, now - c.last_rx) <= heartbeat + slack
+                   and c.keepalives >= int(args.seconds / heartbeat) - 1]
+        worst = max((max(c.max_gap, now - c.last_rx) for c in kept), default=float("nan"))
+        for connection in connections:
+            connection.close()
+        result = {
+            "streams": args.streams, "seconds": round(hold_seconds, 1), "heartbeat_s": heartbeat,
+            "kept": len(kept), "heartbeats_on_time": len(on_time),
+            "worst_silence_s": round(worst, 2), "slack_s": slack,
+            "rss_before_mib": round(before / 1024, 1), "rss_after_mib": round(after / 1024, 1),
+            "rss_per_stream_kib": round((after - before) / args.streams, 2),
+            "open_seconds": round(open_seconds, 1), "server_cpu_open_s": round(cpu_open, 2),
+            "server_cpu_hold_s": round(cpu_hold, 2), "load_average": load0,
+        }
+    rows = [("streams", args.streams), ("held (s)", result["seconds"]),
+            ("kept", result["kept"]),
+            ("heartbeats on time", f"{len(on_time)} (worst silence {result['worst_silence_s']} s, "
+                                   f"heartbeat {heartbeat} s + slack {slack} s)"),
+            ("RSS before / after (MiB)", f"{result['rss_before_mib']} / {result['rss_after_mib']}"),
+            ("RSS per stream (KiB)", result["rss_per_stream_kib"]),
+            ("time to open all (s)", result["open_seconds"]),
+            ("server CPU opening / holding (s)",
+             f"{result['server_cpu_open_s']} / {result['server_cpu_hold_s']}"),
+            ("load average at start", load0)]
+    report("idle", rows, result)
+    return result
+
+
+async def replay(args: argparse.Namespace) -> dict[str, Any]:
+    big, small = "replay" + uuid.uuid4().hex[:8], "replays" + uuid.uuid4().hex[:8]
+    async with database(args) as setup:
+        load_big = await load_rows(setup.dsn, big, args.events)
+        await load_rows(setup.dsn, small, args.each)
+        async with server(setup) as srv:
+            load0, cpu0 = load_average(), srv.cpu_seconds()
+            start = time.monotonic()
+            one = await connect(srv.port, f"/streams/{big}?last_event_id=0&live=false")
+            await asyncio.wait_for(one.done, args.timeout)
+            one_seconds = time.monotonic() - start
+            cpu_one = srv.cpu_seconds() - cpu0
+
+            cpu1 = srv.cpu_seconds()
+            start = time.monotonic()
+            many = await connect_many(srv.port, [f"/streams/{small}?last_event_id=0&live=false"]
+                                      * args.clients)
+            await asyncio.wait_for(asyncio.gather(*(c.done for c in many)), args.timeout)
+            many_seconds = time.monotonic() - start
+            cpu_many = srv.cpu_seconds() - cpu1
+            many_events = sum(c.events for c in many)
+            complete = sum(1 for c in many if c.events == args.each)
+    result = {
+        "events": args.events, "load_seconds": round(load_big, 1),
+        "one_client_events": one.events, "one_client_seconds": round(one_seconds, 2),
+        "one_client_events_per_s": round(one.events / one_seconds),
+        "one_client_server_cpu_s": round(cpu_one, 2),
+        "clients": args.clients, "each": args.each, "clients_complete": complete,
+        "many_events_per_s": round(many_events / many_seconds),
+        "many_seconds": round(many_seconds, 2), "many_server_cpu_s": round(cpu_many, 2),
+        "load_average": load0,
+    }
+    rows = [("one client: events", f"{one.events} of {args.events}"),
+            ("one client: seconds / events/s",
+             f"{result['one_client_seconds']} / {result['one_client_events_per_s']}"),
+            ("one client: server CPU s", result["one_client_server_cpu_s"]),
+            (f"{args.clients} clients x {args.each}: complete", complete),
+            (f"{args.clients} clients: seconds / events/s",
+             f"{result['many_seconds']} / {result['many_events_per_s']}"),
+            (f"{args.clients} clients: server CPU s", result["many_server_cpu_s"]),
+            ("load average at start", load0)]
+    report("replay", rows, result)
+    return result
+
+
+def _position(text: str) -> tuple[int, int]:
+    xid, id_ = text.split("-")
+    return int(xid), int(id_)
+
+
+async def churn(args: argparse.Namespace) -> dict[str, Any]:
+    """Churning clients reconnect with Last-Event-ID; each one's events are checked.
+
+    A churning client opens live-only, holds each connection for a random
+    0.2*hold..1.8*hold seconds, closes it and reconnects with the last id it
+    saw. Its window runs from the bare id of its first connection to the last
+    id of its last one; the events it received, concatenated, must be exactly
+    the stream's events in that window, in order.
+    """
+    stream = "churn" + uuid.uuid4().hex[:8]
+    clients = max(1, round(args.connects * args.hold))
+    path = f"/streams/{stream}"
+    async with database(args) as setup, server(setup, "--heartbeat", str(args.heartbeat)) as srv:
+        steady = await connect_many(srv.port, [path] * args.subscribers, parse_every=1)
+        stop_at = time.monotonic() + args.seconds
+        connects = 0
+        failures: list[str] = []
+
+        async def churner() -> tuple[tuple[int, int], tuple[int, int], list[int]]:
+            nonlocal connects
+            connection = await connect(srv.port, path, parse=True)
+            connects += 1
+            assert connection.last_id is not None
+            first = _position(connection.last_id)
+            seqs: list[int] = []
+            while True:
+                await asyncio.sleep(random.uniform(0.2, 1.8) * args.hold)
+                connection.close()
+                await connection.done
+                assert connection.received is not None and connection.last_id is not None
+                seqs += connection.received.seqs
+                last_id = connection.last_id
+                if time.monotonic() >= stop_at:
+                    return first, _position(last_id), seqs
+                try:
+                    connection = await connect(srv.port, path, last_id, parse=True)
+                    connects += 1
+                except (OSError, ConnectionError, TimeoutError) as error:
+                    failures.append(repr(error))
+                    await asyncio.sleep(0.1)
+                    connection = await connect(srv.port, path, last_id, parse=True)
+
+        load0, cpu0 = load_average(), srv.cpu_seconds()
+        start = time.monotonic()
+        tasks = [asyncio.create_task(churner()) for _ in range(clients)]
+        published, _ = await publish(setup.dsn, stream, args.rate, args.seconds)
+        windows = await asyncio.gather(*tasks)
+        seconds = time.monotonic() - start
+        cpu = srv.cpu_seconds() - cpu0
+        await wait_for(steady, published * len(steady), args.drain)
+        lat = latencies(steady)
+        steady_complete = sum(1 for c in steady if c.received and
+                              c.received.seqs == list(range(1, published + 1)))
+        for connection in steady:
+            connection.close()
+        check = await asyncpg.connect(setup.dsn)
+        try:
+            rows = await check.fetch("SELECT xid::text::bigint AS xid, id, (data->>'seq')::bigint "
+                                     "AS seq FROM sse_stream.events WHERE stream = $1 "
+                                     "ORDER BY xid, id", stream)
+        finally:
+            await check.close()
+    stored = [((row["xid"], row["id"]), row["seq"]) for row in rows]
+    exact = 0
+    lost = duplicated = 0
+    for first, last, seqs in windows:
+        expected = [seq for position, seq in stored if first < position <= last]
+        if seqs == expected:
+            exact += 1
+        else:
+            lost += len(set(expected) - set(seqs))
+            duplicated += len(seqs) - len(set(seqs))
+    checked = sum(len(seqs) for _, _, seqs in windows)
+    result = {
+        "connects_per_s": round(connects / seconds), "churning_clients": clients,
+        "seconds": round(seconds, 1), "rate": args.rate, "published": published,
+        "churn_windows_exact": exact, "churn_windows": len(windows), "events_checked": checked,
+        "lost": lost, "duplicated": duplicated, "connect_failures": len(failures),
+        "steady_subscribers": len(steady), "steady_complete": steady_complete,
+        "steady_latency_ms": {"p50": ms(percentile(lat, .5)), "p99": ms(percentile(lat, .99)),
+                              "max": ms(max(lat, default=float("nan")))},
+        "server_cpu_s": round(cpu, 2), "load_average": load0,
+    }
+    rows = [("connects/s (churning clients)", f"{result['connects_per_s']} ({clients})"),
+            ("events published (rate)", f"{published} ({args.rate}/s)"),
+            ("churn windows exact", f"{exact} of {len(windows)} ({checked} events checked)"),
+            ("lost / duplicated", f"{lost} / {duplicated}"),
+            ("steady subscribers complete", f"{steady_complete} of {len(steady)}"),
+            ("steady latency p50 / p99 / max (ms)",
+             "{p50} / {p99} / {max}".format(**result["steady_latency_ms"])),
+            ("server CPU s", result["server_cpu_s"]), ("load average at start", load0)]
+    report("churn", rows, result)
+    return result
+
+
+# -- command line -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="scenario", required=True)
+
+    def common(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--dsn", help="PostgreSQL to use (default: an embedded one)")
+        sub.add_argument("--keep-logs", action="store_true", help="keep the server log")
+        sub.add_argument("--heartbeat", type=float, default=15.0, help="server --heartbeat")
+        sub.add_argument("--drain", type=float, default=10.0,
+                         help="seconds to wait for deliveries after publishing stops")
+        return sub
+
+    sub = common("fanout", "S subscribers on one stream, R events/s")
+    sub.add_argument("--subscribers", "-s", type=int, default=1000)
+    sub.add_argument("--rate", "-r", type=float, default=1000, help="events/s, 0 = max")
+    sub.add_argument("--seconds", "-t", type=float, default=10)
+    sub.add_argument("--batch", type=int, default=100, help="events per transaction at max rate")
+    sub.add_argument("--sample", type=int, default=10, help="connections that measure latency")
+    sub = common("filtered", "S subscribers, each its own data.user_id filter")
+    sub.add_argument("--subscribers", "-s", type=int, default=1000)
+    sub.add_argument("--rate", "-r", type=float, default=1000)
+    sub.add_argument("--seconds", "-t", type=float, default=10)
+    sub.add_argument("--batch", type=int, default=100)
+    sub = common("idle", "C idle streams held for a while")
+    sub.add_argument("--streams", "-c", type=int, default=1000)
+    sub.add_argument("--seconds", "-t", type=float, default=60)
+    sub.set_defaults(heartbeat=5.0)
+    sub = common("replay", "one client replays N stored events; many clients replay a few")
+    sub.add_argument("--events", "-n", type=int, default=1_000_000)
+    sub.add_argument("--clients", type=int, default=100)
+    sub.add_argument("--each", type=int, default=10_000)
+    sub.add_argument("--timeout", type=float, default=300)
+    sub = common("churn", "clients reconnecting with Last-Event-ID while events flow")
+    sub.add_argument("--connects", type=float, default=200, help="connects per second")
+    sub.add_argument("--hold", type=float, default=0.5, help="mean seconds per connection")
+    sub.add_argument("--subscribers", "-s", type=int, default=50, help="steady subscribers")
+    sub.add_argument("--rate", "-r", type=float, default=200)
+    sub.add_argument("--seconds", "-t", type=float, default=20)
+    return parser
+
+
+SCENARIOS = {"fanout": fanout, "idle": idle, "replay": replay, "churn": churn}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    if args.scenario == "filtered":
+        return await fanout(args, filtered=True)
+    return await SCENARIOS[args.scenario](args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    raise_open_files()
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
