@@ -151,12 +151,32 @@ async def database(args: argparse.Namespace) -> AsyncIterator[Setup]:
 
 
 @asynccontextmanager
-async def server(setup: Setup, *extra: str) -> AsyncIterator[ServerProcess]:
+async def server(setup: Setup, *extra: str, profile: str | None = None
+                 ) -> AsyncIterator[ServerProcess]:
+    """A server process; with `profile`, py-spy samples it until the scenario ends.
+
+    A profile path ending in .txt gets py-spy's raw format (collapsed stacks,
+    one line per stack with its sample count); anything else a flame graph SVG.
+    """
     process = ServerProcess(setup.dsn, setup.folder / "serve.log", "--no-migrate", *extra)
+    spy = None
     try:
         await process.ready()
+        print(f"server pid {process.pid} on 127.0.0.1:{process.port}", file=sys.stderr)
+        if profile:
+            raw = ["--format", "raw"] if profile.endswith(".txt") else []
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(process.pid), "--rate", "200",
+                                    "-o", profile, *raw], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
         yield process
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(5)
         process.stop()
 
 
@@ -262,7 +282,8 @@ def load_average() -> float:
 
 async def fanout(args: argparse.Namespace, *, filtered: bool = False) -> dict[str, Any]:
     stream = "bench" + uuid.uuid4().hex[:8]
-    async with database(args) as setup, server(setup, "--heartbeat", str(args.heartbeat)) as srv:
+    async with database(args) as setup, server(setup, "--heartbeat", str(args.heartbeat),
+                                            profile=args.profile) as srv:
         if filtered:
             paths = [f"/streams/{stream}?data.user_id=eq.{k}" for k in range(args.subscribers)]
             parse_every = 1  # one event per second each: parsing all is cheap
@@ -320,7 +341,8 @@ async def fanout(args: argparse.Namespace, *, filtered: bool = False) -> dict[st
 async def idle(args: argparse.Namespace) -> dict[str, Any]:
     stream = "idle" + uuid.uuid4().hex[:8]
     heartbeat = args.heartbeat
-    async with database(args) as setup, server(setup, "--heartbeat", str(heartbeat)) as srv:
+    async with database(args) as setup, server(setup, "--heartbeat", str(heartbeat),
+                                            profile=args.profile) as srv:
         await asyncio.sleep(1)
         before = srv.memory_kib("VmRSS")
         load0, cpu0 = load_average(), srv.cpu_seconds()
@@ -371,7 +393,7 @@ async def replay(args: argparse.Namespace) -> dict[str, Any]:
     async with database(args) as setup:
         load_big = await load_rows(setup.dsn, big, args.events)
         await load_rows(setup.dsn, small, args.each)
-        async with server(setup) as srv:
+        async with server(setup, profile=args.profile) as srv:
             load0, cpu0 = load_average(), srv.cpu_seconds()
             start = time.monotonic()
             one = await connect(srv.port, f"/streams/{big}?last_event_id=0&live=false")
@@ -428,7 +450,8 @@ async def churn(args: argparse.Namespace) -> dict[str, Any]:
     stream = "churn" + uuid.uuid4().hex[:8]
     clients = max(1, round(args.connects * args.hold))
     path = f"/streams/{stream}"
-    async with database(args) as setup, server(setup, "--heartbeat", str(args.heartbeat)) as srv:
+    async with database(args) as setup, server(setup, "--heartbeat", str(args.heartbeat),
+                                            profile=args.profile) as srv:
         steady = await connect_many(srv.port, [path] * args.subscribers, parse_every=1)
         stop_at = time.monotonic() + args.seconds
         connects = 0
@@ -523,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--dsn", help="PostgreSQL to use (default: an embedded one)")
         sub.add_argument("--keep-logs", action="store_true", help="keep the server log")
+        sub.add_argument("--profile", metavar="FILE",
+                         help="record the server with py-spy: FILE.svg (flame graph) or FILE.txt "
+                              "(collapsed stacks)")
         sub.add_argument("--heartbeat", type=float, default=15.0, help="server --heartbeat")
         sub.add_argument("--drain", type=float, default=10.0,
                          help="seconds to wait for deliveries after publishing stops")
