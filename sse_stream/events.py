@@ -55,10 +55,6 @@ def parse_position(value: str, param: str = "last_event_id") -> Position:
     return Position(xid, id_)
 
 
-def _utc_z(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     """One stored event, decoded once per read and shared by all subscribers."""
@@ -87,8 +83,11 @@ class Event:
             "stream": stream,
             "type": type_,
             "data": data,
-            "created_at": _utc_z(created_at),
-        })
+            # orjson writes the datetime itself (RFC 3339, "Z" for UTC, the
+            # microseconds only when non-zero, as isoformat does) about four
+            # times faster than isoformat() and a replace: this runs per event.
+            "created_at": created_at,
+        }, option=orjson.OPT_UTC_Z)
         # stream and type are constrained by the table to characters that
         # cannot break a line; the envelope is compact JSON on one line.
         sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
