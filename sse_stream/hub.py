@@ -348,7 +348,11 @@ class Hub:
             subscription.cursor = page.covered
             if page.full:
                 continue
-            replica = False
+            if replica:
+                # A `live=false` stream ends here: at the primary's newest
+                # event, not at the lagging replica's.
+                replica = False
+                continue
             if subscription.cursor > subscription.sent:
                 # Move the client's position past what it did not match.
                 subscription.write(b"id: %s\n\n" % subscription.cursor.encode().encode())
