@@ -61,3 +61,25 @@ async def test_lagging_replica_cannot_make_a_client_skip(start_server: StartServ
     finally:
         await replica.execute("SELECT pg_wal_replay_resume()")
         await replica.close()
+
+
+async def test_backfill_with_a_lagging_replica_ends_at_the_newest_event(
+        start_server: StartServer, standby: EmbeddedPostgres, db: asyncpg.Connection,
+        stream: str) -> None:
+    replica = await asyncpg.connect(standby.dsn)
+    try:
+        early = [await publish(db, stream, "t", {"n": n}) for n in range(3)]
+        await _replayed(replica, stream, 3)
+        await replica.execute("SELECT pg_wal_replay_pause()")
+        late = [await publish(db, stream, "t", {"n": n}) for n in range(3, 6)]
+        server = await start_server(replica_dsn=standby.dsn)
+        url = str(server.make_url(f"/streams/{stream}?last_event_id=0&live=false"))
+        async with open_stream(url) as sse:
+            got = await sse.rest()
+        # live=false means "up to the newest event": the primary's, not the
+        # paused replica's, which has only the first three.
+        assert [envelope(m)["id"] for m in got] == early + late
+        assert server.app[STORE].replica_reads >= 1
+    finally:
+        await replica.execute("SELECT pg_wal_replay_resume()")
+        await replica.close()
