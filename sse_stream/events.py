@@ -104,13 +104,13 @@ class Event:
                 "id": str(self.id),
                 "source": f"/streams/{self.stream}",
                 "type": self.type,
-                "time": _utc_z(self.created_at),
+                "time": self.created_at,
                 "datacontenttype": "application/json",
                 "data": self.data,
                 # Extension attributes: lowercase alphanumeric names.
                 "ssestream": self.stream,
                 "sseposition": self.position.encode(),
-            })
+            }, option=orjson.OPT_UTC_Z)  # the same time text as the envelope's
         return form
 
     @property
