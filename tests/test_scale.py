@@ -87,14 +87,31 @@ async def test_churn_clients_reconnecting_with_last_event_id_lose_nothing(
         """Reconnect with Last-Event-ID after a few events until the last one is seen."""
         seen: list[int] = []
         last_id, connects = start_id, 0
+
+        def complete() -> bool:
+            return done.is_set() and bool(seen) and seen[-1] == published[-1]
+
+        async def next_id(sse: Stream) -> int | None:
+            # The last event may arrive before the publisher has said it was
+            # the last: wait for the next one or for `complete`, bounded.
+            waiting = asyncio.ensure_future(sse.next(timeout=20))
+            while not waiting.done():
+                await asyncio.wait({waiting}, timeout=0.05)
+                if not waiting.done() and complete():
+                    waiting.cancel()
+                    return None
+            event_id: int = envelope(waiting.result())["id"]
+            return event_id
+
         async with aiohttp.ClientSession() as session:
-            while not (done.is_set() and seen and seen[-1] == published[-1]):
+            while not complete():
                 connects += 1
                 async with open_stream(url, {"Last-Event-ID": last_id}, session) as sse:
                     for _ in range(rng.randint(1, 25)):
-                        if done.is_set() and seen and seen[-1] == published[-1]:
+                        event_id = await next_id(sse)
+                        if event_id is None:
                             break
-                        seen.append(envelope(await sse.next(timeout=20))["id"])
+                        seen.append(event_id)
                     if sse.last_event_id:
                         last_id = sse.last_event_id
         return seen, connects
