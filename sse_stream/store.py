@@ -116,11 +116,22 @@ class EventStore:
                             params: Sequence[Any], *, replica: bool = False) -> Page:
         """One page of a subscriber's catch-up, filtered in SQL."""
         self.reads += 1
+        sql = query("read_selected").replace("{selector}", selector_sql)
+        args = (str(after.xid), after.id, limit, *params)
         if replica and self._replica is not None:
             self.replica_reads += 1
-        sql = query("read_selected").replace("{selector}", selector_sql)
-        async with self._connection(replica) as connection:
-            rows = await connection.fetch(sql, str(after.xid), after.id, limit, *params)
+            try:
+                async with self._connection(replica=True) as connection:
+                    rows = await connection.fetch(sql, *args)
+            except (DatabaseUnavailable, asyncpg.PostgresError) as error:
+                # A replica that is down, or cancels the query in a recovery
+                # conflict, must not stop a replay the primary can serve.
+                log.warning("replica read failed, reading the primary: %s", error)
+                async with self._connection() as connection:
+                    rows = await connection.fetch(sql, *args)
+        else:
+            async with self._connection() as connection:
+                rows = await connection.fetch(sql, *args)
         xmin: int = rows[0]["xmin"]
         events = _events(rows)
         full = len(events) == limit

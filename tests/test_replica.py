@@ -83,3 +83,16 @@ async def test_backfill_with_a_lagging_replica_ends_at_the_newest_event(
     finally:
         await replica.execute("SELECT pg_wal_replay_resume()")
         await replica.close()
+
+
+async def test_replay_falls_back_to_the_primary_when_the_replica_is_down(
+        start_server: StartServer, standby: EmbeddedPostgres, db: asyncpg.Connection,
+        stream: str) -> None:
+    ids = [await publish(db, stream, "t", {"n": n}) for n in range(5)]
+    server = await start_server(replica_dsn=standby.dsn)
+    await asyncio.to_thread(standby.stop, "immediate")
+    url = str(server.make_url(f"/streams/{stream}?last_event_id=0&live=false"))
+    async with open_stream(url) as sse:
+        got = await sse.rest(timeout=20)
+    assert [envelope(m)["id"] for m in got] == ids
+    assert server.app[STORE].replica_reads >= 1
