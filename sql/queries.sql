@@ -80,13 +80,18 @@ WITH head AS (
 SELECT (SELECT count(*) FROM deleted) AS deleted,
        (SELECT xid::text::bigint FROM top) AS xid, (SELECT id FROM top) AS id;
 
--- name: publish_batch
--- Many events of one stream in one statement; ids follow the input order.
-INSERT INTO sse_stream.events (stream, type, data)
-SELECT $1, t.type, t.data::jsonb
-FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(type, data, n)
-ORDER BY t.n
-RETURNING id;
+-- name: publish_many
+-- A checked batch of one stream in one statement; ids in input order.
+SELECT ARRAY(SELECT sse_stream.publish_many($1, $2::jsonb));
+
+-- name: publish_idempotent
+-- The same, once per idempotency key (see sql/0002_capture.sql).
+SELECT ids, stored_hash, replayed FROM sse_stream.publish_idempotent($1, $2, $3, $4::jsonb);
+
+-- name: prune_idempotency_keys
+-- Forget idempotency keys older than $1 seconds.
+DELETE FROM sse_stream.idempotency_keys
+WHERE created_at < now() - make_interval(secs => $1::float8);
 
 -- name: migrations_table
 CREATE SCHEMA IF NOT EXISTS sse_stream;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -13,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import handlers
+from .errors import DatabaseUnavailable
 from .handlers import HUB, LISTENER, REGISTRY, SETTINGS, STORE
 from .hub import Hub
 from .listener import Listener
@@ -46,15 +49,37 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     listener.start()
     if retention is not None:
         retention.start()
+    pruning = asyncio.create_task(_prune_idempotency_keys(store, settings.idempotency_ttl),
+                                  name="sse-stream idempotency keys")
     try:
         yield
     finally:
         live_objects.clear()
+        pruning.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruning
         if retention is not None:
             await retention.stop()
         await listener.stop()
         await hub.stop()
         await store.close()
+
+
+async def _prune_idempotency_keys(store: EventStore, ttl: float) -> None:
+    """Forget idempotency keys older than `ttl`, at start and then regularly.
+
+    Every process does it; deleting rows another process already deleted
+    costs nothing. Keys live between `ttl` and `ttl` + the period.
+    """
+    period = min(600.0, max(1.0, ttl / 4))
+    while True:
+        try:
+            pruned = await store.prune_idempotency_keys(ttl)
+            if pruned:
+                log.info("forgot %d idempotency key(s) older than %gs", pruned, ttl)
+        except DatabaseUnavailable:
+            pass  # the hub reports outages; try again next period
+        await asyncio.sleep(period)
 
 
 async def _end_streams(app: web.Application) -> None:

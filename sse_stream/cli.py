@@ -9,9 +9,14 @@ import os
 import signal
 import sys
 from dataclasses import fields
-from typing import Any, Sequence
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .settings import Settings, env_name
+
+if TYPE_CHECKING:
+    from .batch import Batch
+    from .store import EventStore
 
 log = logging.getLogger("sse_stream")
 
@@ -138,40 +143,50 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _publish(dsn: str, stream: str, type_: str, data: str) -> int:
-    import orjson
+async def _publish(dsn: str, stream: str, type_: str, data: str, batch_size: int) -> int:
+    """Publish `data`, or with `-` every line of stdin, in batches; print the ids.
 
-    from .errors import InvalidInput
-    from .patterns import validate_stream_name, validate_type_name
+    Each batch is one transaction. A line that is not JSON stops the command
+    before its batch is written; the ids printed so far were written.
+    """
+    from .batch import data_batch
+    from .errors import DatabaseUnavailable, InvalidInput
     from .store import EventStore
 
-    try:
-        validate_stream_name(stream, "STREAM")
-        validate_type_name(type_, "TYPE")
-    except InvalidInput as error:
-        print(f"sse-stream publish: {error}", file=sys.stderr)
+    def fail(message: str) -> int:
+        print(f"sse-stream publish: {message}", file=sys.stderr)
         return 2
-    lines = sys.stdin if data == "-" else [data]
-    store = EventStore(dsn, pool_size=1)
-    await store.open()
+
     try:
-        batch: list[tuple[str, object]] = []
+        data_batch(stream, type_, [])  # the names, before connecting
+    except InvalidInput as error:
+        return fail(str(error))
+    lines: Iterable[bytes] = sys.stdin.buffer if data == "-" else [data.encode()]
+    store = EventStore(dsn, pool_size=1)
+    try:
+        await store.open()
+        pending: list[bytes] = []
+        first_line = 1
         for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                batch.append((type_, orjson.loads(line)))
-            except orjson.JSONDecodeError as error:
-                print(f"sse-stream publish: line {number}: not JSON: {error}", file=sys.stderr)
-                return 2
-            if len(batch) >= 500:
-                print("\n".join(map(str, await store.publish(stream, batch))), flush=True)
-                batch = []
-        if batch:
-            print("\n".join(map(str, await store.publish(stream, batch))), flush=True)
+            pending.append(line)
+            if len(pending) >= batch_size:
+                await _publish_lines(store, data_batch(stream, type_, pending, first_line))
+                pending, first_line = [], number + 1
+        if pending:
+            await _publish_lines(store, data_batch(stream, type_, pending, first_line))
+    except InvalidInput as error:
+        return fail(str(error))
+    except DatabaseUnavailable as error:
+        return fail(f"database unavailable: {error}")
     finally:
         await store.close()
     return 0
+
+
+async def _publish_lines(store: EventStore, batch: Batch) -> None:
+    if batch.count:
+        published = await store.publish(batch)
+        print("\n".join(map(str, published.ids)), flush=True)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -179,7 +194,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     settings, embedded = _ensure_database(settings)
     try:
         assert settings.dsn is not None
-        return asyncio.run(_publish(settings.dsn, args.stream, args.type, args.data))
+        return asyncio.run(_publish(settings.dsn, args.stream, args.type, args.data,
+                                    args.batch_size))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -258,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("stream")
     publish.add_argument("type")
     publish.add_argument("data", nargs="?", default="null",
-                         help="JSON data, or - to read JSON Lines {type?, data} from stdin")
+                         help="the event's data as JSON (default null), or - to read JSON Lines "
+                              "from stdin: each line is the data of one event")
+    publish.add_argument("--batch-size", type=int, default=500,
+                         help="events per transaction when reading stdin (default 500)")
     publish.set_defaults(func=cmd_publish)
 
     prune = commands.add_parser("prune", help="delete old events in small batches")

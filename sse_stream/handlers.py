@@ -15,13 +15,13 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .batch import parse_body, validate_idempotency_key
 from .errors import DatabaseUnavailable, InvalidInput
 from .events import ORIGIN, Position, parse_position
 from .filters import parse_data_filters
 from .hub import Hub
 from .listener import Listener
-from .patterns import (RESERVED_TYPE_PREFIX, parse_pattern_list, parse_type_filter,
-                       validate_stream_name, validate_type_name)
+from .patterns import parse_pattern_list, parse_type_filter, validate_stream_name
 from .response import SseResponse
 from .settings import Settings
 from .store import EventStore
@@ -36,7 +36,6 @@ LISTENER = web.AppKey("listener", Listener)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 MAX_BODY = 1 << 20
-MAX_ITEMS = 1000
 PAGE_DEFAULT, PAGE_MAX = 100, 1000
 _SUBSCRIBE_PARAMS = {"type", "last_event_id", "live", "or", "format"}
 _PAGE_PARAMS = {"type", "after", "limit", "or", "format"}
@@ -192,41 +191,44 @@ async def read_page(request: web.Request) -> web.Response:
 
 
 async def publish(request: web.Request) -> web.Response:
-    """POST /streams/{stream}/events: one event or an array, one transaction."""
+    """POST /streams/{stream}/events: one event or an array, one transaction.
+
+    With an Idempotency-Key header, a retry of the same request (same stream,
+    same events) returns the first request's ids, 201 again, with
+    `Idempotent-Replayed: true`, and writes nothing; the same key with other
+    events is a 422.
+    """
     _check_loopback(request)
     stream = validate_stream_name(request.match_info["stream"], "stream")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        validate_idempotency_key(key)
+    body = await _read_body(request)
+    batch = parse_body(stream, body, fingerprint=key is not None)
+    published = await request.app[STORE].publish(batch, key)
+    headers = {}
+    if published.replayed:
+        if published.fingerprint != batch.fingerprint:
+            raise InvalidInput("Idempotency-Key", "this key was used for another request "
+                               "(other stream or other events); use a new key", status=422)
+        headers["Idempotent-Replayed"] = "true"
+    return web.Response(status=201, body=b'{"ids":%s}' % orjson.dumps(published.ids),
+                        content_type="application/json", headers=headers)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, refused with a 413 as soon as it passes MAX_BODY."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise InvalidInput("body", f"at most {MAX_BODY} bytes", status=413)
-    body = await request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise InvalidInput("body", f"at most {MAX_BODY} bytes", status=413)
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidInput("body", "not valid JSON") from None
-    items = document if isinstance(document, list) else [document]
-    if not items or len(items) > MAX_ITEMS:
-        raise InvalidInput("body", f"send 1 to {MAX_ITEMS} events")
-    events = [_publish_item(item, index if isinstance(document, list) else None)
-              for index, item in enumerate(items)]
-    ids = await request.app[STORE].publish(stream, events)
-    return web.json_response({"ids": ids}, status=201, dumps=lambda v: orjson.dumps(v).decode())
-
-
-def _publish_item(item: Any, index: int | None) -> tuple[str, Any]:
-    where = "" if index is None else f"[{index}]"
-    if not isinstance(item, dict):
-        raise InvalidInput(f"body{where}", "each event is an object with type and data")
-    unknown = set(item) - {"type", "data"}
-    if unknown:
-        raise InvalidInput(f"body{where}.{sorted(unknown)[0]}", "unknown field")
-    type_ = item.get("type")
-    if not isinstance(type_, str):
-        raise InvalidInput(f"body{where}.type", "required, a string")
-    validate_type_name(type_, f"body{where}.type")
-    if type_.startswith(RESERVED_TYPE_PREFIX):
-        raise InvalidInput(f"body{where}.type", "types starting with 'sse.' are reserved")
-    return type_, item.get("data")
+    chunks: list[bytes] = []
+    size = 0
+    # StreamReader.read(n) returns what has arrived, not n bytes: loop to EOF.
+    while chunk := await request.content.read(MAX_BODY + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise InvalidInput("body", f"at most {MAX_BODY} bytes", status=413)
+    return b"".join(chunks)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -47,6 +47,9 @@ class Settings:
                                   metadata={"help": "seconds between periodic prunes"})
     prune_batch: int = field(default=10_000,
                              metadata={"help": "rows deleted per prune statement"})
+    idempotency_ttl: float = field(
+        default=86400.0, metadata={"help": "seconds an Idempotency-Key of HTTP publishing is "
+                                           "remembered, at least (default 24 h)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
 
     @classmethod

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, AsyncIterator
 
 import asyncpg
-import orjson
 
-from .errors import DatabaseUnavailable
+from .batch import Batch
+from .errors import DatabaseUnavailable, InvalidInput
 from .events import Event, Position
 from .queries import query
 
@@ -44,6 +44,19 @@ class Page:
     held: bool
     full: bool
     pruned: Position | None = None  # highest pruned position, in the page's snapshot
+
+
+@dataclass(frozen=True)
+class Published:
+    """The ids of a published batch, in input order.
+
+    `replayed`: an earlier request with the same idempotency key wrote them
+    and this one wrote nothing; `fingerprint` is that request's.
+    """
+
+    ids: list[int]
+    replayed: bool
+    fingerprint: bytes | None
 
 
 def _events(rows: Sequence[asyncpg.Record]) -> list[Event]:
@@ -156,16 +169,33 @@ class EventStore:
         deleted: int = row["deleted"]
         return deleted, None if row["xid"] is None else Position(row["xid"], row["id"])
 
-    async def publish(self, stream: str, items: Iterable[tuple[str, Any]]) -> list[int]:
-        """Write events to one stream in one transaction; return their ids."""
-        types: list[str] = []
-        datas: list[str] = []
-        for type_, data in items:
-            types.append(type_)
-            datas.append(orjson.dumps(data).decode())
+    async def publish(self, batch: Batch, idempotency_key: str | None = None) -> Published:
+        """Write a batch in one transaction (one statement); return the ids.
+
+        With an idempotency key the key is recorded in the same transaction:
+        if it was recorded before (by any process), nothing is written and the
+        first request's ids and fingerprint come back with `replayed` set.
+        """
+        try:
+            async with self._connection() as connection:
+                if idempotency_key is None:
+                    ids = await connection.fetchval(query("publish_many"), batch.stream,
+                                                    batch.events_json)
+                    return Published(ids, False, batch.fingerprint)
+                assert batch.fingerprint is not None, "an idempotent batch needs its fingerprint"
+                row = await connection.fetchrow(query("publish_idempotent"), idempotency_key,
+                                                batch.fingerprint, batch.stream, batch.events_json)
+        except asyncpg.DataError as error:
+            # The checks in sse_stream.batch run first; this is the backstop
+            # for anything jsonb refuses that they let through.
+            raise InvalidInput("body", error.args[0] if error.args else str(error)) from error
+        return Published(row["ids"], row["replayed"], row["stored_hash"])
+
+    async def prune_idempotency_keys(self, older_than: float) -> int:
+        """Forget idempotency keys recorded more than `older_than` seconds ago."""
         async with self._connection() as connection:
-            rows = await connection.fetch(query("publish_batch"), stream, types, datas)
-        return [row[0] for row in rows]
+            status: str = await connection.execute(query("prune_idempotency_keys"), older_than)
+        return int(status.split()[-1])
 
     async def ping(self) -> None:
         async with self._connection() as connection:

@@ -1,0 +1,129 @@
+"""A batch of events for one stream, checked before anything is written.
+
+Pure code. The HTTP body and the command line's JSON Lines become a `Batch`;
+`EventStore.publish` writes it in one statement with
+`sse_stream.publish_many`, which takes the events as one JSON array. The
+array is the client's own JSON text (checked here, not re-encoded), so
+numbers keep the precision the client wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .errors import InvalidInput
+from .patterns import RESERVED_TYPE_PREFIX, validate_stream_name, validate_type_name
+
+MAX_ITEMS = 1000
+MAX_KEY = 255
+_KEY_RE = re.compile(r"[\x20-\x7e]{1,%d}" % MAX_KEY)
+# PostgreSQL's jsonb cannot hold U+0000. In orjson's output a NUL is always
+# the escape \u0000, and a backslash before it is itself escaped (\\), so an
+# odd run of backslashes before "u0000" is a NUL.
+_NUL_ESCAPE = b"\\u0000"
+_NUL_RE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Checked events of one stream.
+
+    `events_json` is a JSON array of {"type", "data"} objects, as
+    `sse_stream.publish_many` takes it. `fingerprint` identifies the request
+    for idempotent retries: a SHA-256 of the stream and the events as JSON
+    values (key order and whitespace do not count); None unless asked for.
+    """
+
+    stream: str
+    events_json: str
+    count: int
+    fingerprint: bytes | None = None
+
+
+def parse_body(stream: str, body: bytes, *, fingerprint: bool = False) -> Batch:
+    """An HTTP publish body: one {"type", "data"} object or an array of them.
+
+    Every item is checked before anything is written; a refusal names the
+    item's index and field (`body[3].type`).
+    """
+    validate_stream_name(stream, "stream")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidInput("body", f"not valid JSON: {error}") from None
+    single = not isinstance(document, list)
+    items: list[Any] = [document] if single else document
+    if not items or len(items) > MAX_ITEMS:
+        raise InvalidInput("body", f"send one event object or an array of 1 to {MAX_ITEMS}")
+    for index, item in enumerate(items):
+        _check_item(item, "body" if single else f"body[{index}]")
+    if _NUL_ESCAPE in body:
+        for index, item in enumerate(items):
+            if _NUL_RE.search(orjson.dumps(item)):
+                where = "body" if single else f"body[{index}]"
+                raise InvalidInput(f"{where}.data",
+                                   "JSON text cannot contain \\u0000 (PostgreSQL jsonb refuses it)")
+    text = body.decode()
+    return Batch(stream, f"[{text}]" if single else text, len(items),
+                 _fingerprint(stream, items) if fingerprint else None)
+
+
+def data_batch(stream: str, type_: str, lines: Iterable[bytes], first_line: int = 1) -> Batch:
+    """Events of one type whose data are lines of JSON (the command line's).
+
+    Blank lines are skipped. A line that is not JSON is refused as
+    `line N`, numbering `lines` from `first_line`.
+    """
+    validate_stream_name(stream, "STREAM")
+    validate_type_name(type_, "TYPE")
+    if type_.startswith(RESERVED_TYPE_PREFIX):
+        raise InvalidInput("TYPE", "types starting with 'sse.' are reserved")
+    parts = []
+    for number, line in enumerate(lines, first_line):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise InvalidInput(f"line {number}", f"not JSON: {error}") from None
+        if _NUL_RE.search(line):
+            raise InvalidInput(f"line {number}", "JSON text cannot contain \\u0000")
+        # The type is [A-Za-z0-9_.:-] only: it needs no escaping.
+        parts.append(b'{"type":"%s","data":%s}' % (type_.encode(), line))
+    return Batch(stream, (b"[" + b",".join(parts) + b"]").decode(), len(parts))
+
+
+def validate_idempotency_key(value: str) -> str:
+    """An Idempotency-Key: 1 to 255 printable ASCII characters, opaque."""
+    if _KEY_RE.fullmatch(value) is None:
+        raise InvalidInput("Idempotency-Key",
+                           f"1 to {MAX_KEY} printable ASCII characters (a UUID is a good key)")
+    return value
+
+
+def _check_item(item: Any, where: str) -> None:
+    if not isinstance(item, dict):
+        raise InvalidInput(where, "each event is an object with type and data")
+    unknown = set(item) - {"type", "data"}
+    if unknown:
+        raise InvalidInput(f"{where}.{sorted(unknown)[0]}", "unknown field")
+    type_ = item.get("type")
+    if not isinstance(type_, str):
+        raise InvalidInput(f"{where}.type", "required, a string")
+    validate_type_name(type_, f"{where}.type")
+    if type_.startswith(RESERVED_TYPE_PREFIX):
+        raise InvalidInput(f"{where}.type", "types starting with 'sse.' are reserved")
+
+
+def _fingerprint(stream: str, items: list[Any]) -> bytes:
+    # Missing data is null, as publish_many writes it.
+    canonical = orjson.dumps([[item["type"], item.get("data")] for item in items],
+                             option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(stream.encode() + b"\n" + canonical).digest()
