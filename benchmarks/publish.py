@@ -15,7 +15,10 @@ During every scenario a `sse-stream serve` subprocess on 127.0.0.1 runs (it
 reads every event written, as a deployed server would), a probe writes one
 event every 20 ms on its own connection, and a subscriber connected to the
 server measures each probe's delivery latency: from just before the probe's
-publish() to its arrival on the SSE stream. With NOTIFY on the server runs
+publish() to its arrival on the SSE stream. "server us/event" is the CPU time
+the server process spent per event written (reading them all, and in (c)
+receiving them too): a figure less sensitive than events/s to other load on
+the machine. With NOTIFY on the server runs
 with its default poll (1 s) and is woken by the doorbell; with NOTIFY off it
 relies on its poll alone, run with --poll-interval (0.05 s by default).
 
@@ -67,6 +70,7 @@ class Result:
     seconds: float
     events_per_s: float
     latency_ms: dict[str, float] = field(default_factory=dict)
+    server_cpu_us_per_event: float = 0.0
 
 
 def _free_port() -> int:
@@ -112,6 +116,14 @@ class Server:
                 if time.monotonic() > deadline:
                     raise TimeoutError("sse-stream serve did not become ready")
                 await asyncio.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -291,6 +303,7 @@ async def run_mode(dsn: str, notify: bool, args: argparse.Namespace, log: Path) 
             probe = Probe(session_dsn, server.url)
             await probe.start()
             probe.measuring = True
+            cpu_before = server.cpu_seconds()
             try:
                 events, seconds = await SCENARIOS[name](
                     session_dsn, writers=args.writers, seconds=args.seconds,
@@ -300,10 +313,13 @@ async def run_mode(dsn: str, notify: bool, args: argparse.Namespace, log: Path) 
             finally:
                 probe.measuring = False
                 await probe.stop()
+            cpu = server.cpu_seconds() - cpu_before
             results.append(Result(name, notify, events, round(seconds, 2),
-                                  round(events / seconds), probe.summary()))
+                                  round(events / seconds), probe.summary(),
+                                  round(cpu / max(1, events) * 1e6, 1)))
             print(f"  {LABELS[name]:<28} notify {'on ' if notify else 'off'} "
-                  f"{results[-1].events_per_s:>8,} events/s  latency {results[-1].latency_ms}",
+                  f"{results[-1].events_per_s:>8,} events/s  latency {results[-1].latency_ms}  "
+                  f"server CPU {results[-1].server_cpu_us_per_event} us/event",
                   file=sys.stderr, flush=True)
     finally:
         server.stop()
@@ -326,13 +342,16 @@ def report(runs: list[list[Result]], args: argparse.Namespace, database: str) ->
                 "p99_ms": _median([r.latency_ms["p99"] for r in found if r.latency_ms.get("n")]),
                 "max_ms": max((r.latency_ms["max"] for r in found if r.latency_ms.get("n")),
                               default=float("nan")),
+                "server_cpu_us_per_event": _median([r.server_cpu_us_per_event for r in found]),
             })
     print(f"\nmedians of {len(runs)} run(s), {args.seconds:g} s per scenario, "
           f"{args.writers} writers, HTTP batches of {args.batch}; {database}")
-    print(f"{'scenario':<30}{'notify':>7}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    print(f"{'scenario':<30}{'notify':>7}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+          f"{'server us/event':>17}")
     for row in rows:
         print(f"{LABELS[row['scenario']]:<30}{'on' if row['notify'] else 'off':>7}"
-              f"{row['events_per_s']:>11,.0f}{row['p50_ms']:>9}{row['p99_ms']:>9}{row['max_ms']:>9}")
+              f"{row['events_per_s']:>11,.0f}{row['p50_ms']:>9}{row['p99_ms']:>9}{row['max_ms']:>9}"
+              f"{row['server_cpu_us_per_event']:>17}")
     print(json.dumps({
         "benchmark": "publish", "database": database, "cpus": os.cpu_count(),
         "machine": platform.platform(), "python": platform.python_version(),

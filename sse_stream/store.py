@@ -64,6 +64,19 @@ def _events(rows: Sequence[asyncpg.Record]) -> list[Event]:
             for r in rows if r["id"] is not None]
 
 
+async def _reset(connection: asyncpg.Connection) -> None:
+    """Make a released connection fit for the next query, without a round trip.
+
+    asyncpg's default reset sends `RESET ALL; UNLISTEN *; ...` on every
+    release: a round trip per read and per publish, for session state this
+    store never sets (no SET, LISTEN, cursors or advisory locks on the pool;
+    settings from the DSN survive RESET ALL anyway). Only a transaction left
+    open by a cancelled query would matter.
+    """
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
 class EventStore:
     """A pool for reads and writes, plus an optional replica pool for replay."""
 
@@ -78,10 +91,11 @@ class EventStore:
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                               command_timeout=60)
+                                               command_timeout=60, reset=_reset)
         if self.replica_dsn:
             self._replica = await asyncpg.create_pool(self.replica_dsn, min_size=1,
-                                                      max_size=self.pool_size, command_timeout=60)
+                                                      max_size=self.pool_size, command_timeout=60,
+                                                      reset=_reset)
 
     async def close(self) -> None:
         for pool in (self._pool, self._replica):
