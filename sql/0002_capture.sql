@@ -217,10 +217,11 @@ CREATE TABLE sse_stream.idempotency_keys (
 -- For pruning keys older than the retention.
 CREATE INDEX idempotency_keys_created_at ON sse_stream.idempotency_keys (created_at);
 
--- Publish `events` (as publish_many) once per key: the first call writes
--- and records the ids; any later call with the same key writes nothing and
--- returns the recorded ids and request hash (`replayed` true), for the
--- caller to compare with its own.
+-- Publish `events` once per key: the first call writes and records the ids;
+-- any later call with the same key writes nothing and returns the recorded
+-- ids and request hash (`replayed` true), for the caller to compare with its
+-- own. For the server, which has checked every item already: unlike
+-- publish_many it leaves the checks to the table's constraints.
 CREATE FUNCTION sse_stream.publish_idempotent(
     idempotency_key text, request_hash bytea, stream text, events jsonb,
     OUT ids bigint[], OUT stored_hash bytea, OUT replayed boolean)
@@ -232,7 +233,16 @@ BEGIN
     VALUES (idempotency_key, publish_idempotent.request_hash, publish_idempotent.stream, '{}')
     ON CONFLICT (key) DO NOTHING;
     IF FOUND THEN
-        ids := ARRAY(SELECT sse_stream.publish_many(publish_idempotent.stream, events));
+        -- Identity values are drawn in ordinality order: ids follow the input.
+        WITH written AS (
+            INSERT INTO sse_stream.events (stream, type, data)
+            SELECT publish_idempotent.stream, t.item ->> 'type',
+                   coalesce(t.item -> 'data', 'null'::jsonb)
+            FROM jsonb_array_elements(events) WITH ORDINALITY AS t(item, n)
+            ORDER BY t.n
+            RETURNING id
+        )
+        SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO ids FROM written;
         UPDATE sse_stream.idempotency_keys k SET ids = publish_idempotent.ids
         WHERE k.key = idempotency_key;
         stored_hash := publish_idempotent.request_hash;

@@ -80,9 +80,19 @@ WITH head AS (
 SELECT (SELECT count(*) FROM deleted) AS deleted,
        (SELECT xid::text::bigint FROM top) AS xid, (SELECT id FROM top) AS id;
 
--- name: publish_many
--- A checked batch of one stream in one statement; ids in input order.
-SELECT ARRAY(SELECT sse_stream.publish_many($1, $2::jsonb));
+-- name: publish_batch
+-- A batch of one stream in one statement; ids in input order. The server
+-- has checked every item (sse_stream/batch.py), so this skips the second
+-- check that sse_stream.publish_many makes for SQL callers (a third of the
+-- database's time per event); the table's CHECK constraints still hold.
+WITH written AS (
+    INSERT INTO sse_stream.events (stream, type, data)
+    SELECT $1, t.item ->> 'type', coalesce(t.item -> 'data', 'null'::jsonb)
+    FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(item, n)
+    ORDER BY t.n
+    RETURNING id
+)
+SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM written;
 
 -- name: publish_idempotent
 -- The same, once per idempotency key (see sql/0002_capture.sql).

@@ -1,10 +1,10 @@
 """A batch of events for one stream, checked before anything is written.
 
 Pure code. The HTTP body and the command line's JSON Lines become a `Batch`;
-`EventStore.publish` writes it in one statement with
-`sse_stream.publish_many`, which takes the events as one JSON array. The
-array is the client's own JSON text (checked here, not re-encoded), so
-numbers keep the precision the client wrote.
+`EventStore.publish` writes it in one statement from one JSON array, the
+form `sse_stream.publish_many` takes too. The array is the client's own JSON
+text (checked here, not re-encoded), so numbers keep the precision the client
+wrote; the database does not check the items a second time.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ _NUL_RE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 class Batch:
     """Checked events of one stream.
 
-    `events_json` is a JSON array of {"type", "data"} objects, as
-    `sse_stream.publish_many` takes it. `fingerprint` identifies the request
+    `events_json` is a JSON array of {"type", "data"} objects (the form
+    `sse_stream.publish_many` takes), every item checked. `fingerprint` identifies the request
     for idempotent retries: a SHA-256 of the stream and the events as JSON
     values (key order and whitespace do not count); None unless asked for.
     """
@@ -123,7 +123,7 @@ def _check_item(item: Any, where: str) -> None:
 
 
 def _fingerprint(stream: str, items: list[Any]) -> bytes:
-    # Missing data is null, as publish_many writes it.
+    # Missing data is written as null, so it is null here too.
     canonical = orjson.dumps([[item["type"], item.get("data")] for item in items],
                              option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(stream.encode() + b"\n" + canonical).digest()

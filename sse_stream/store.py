@@ -193,7 +193,7 @@ class EventStore:
         try:
             async with self._connection() as connection:
                 if idempotency_key is None:
-                    ids = await connection.fetchval(query("publish_many"), batch.stream,
+                    ids = await connection.fetchval(query("publish_batch"), batch.stream,
                                                     batch.events_json)
                     return Published(ids, False, batch.fingerprint)
                 assert batch.fingerprint is not None, "an idempotent batch needs its fingerprint"
