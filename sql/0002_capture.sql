@@ -146,6 +146,12 @@ DECLARE
     key_value   text;
     stream      text;
 BEGIN
+    -- As a BEFORE trigger, RETURN NULL would silently skip the user's write.
+    IF TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('sse_stream.capture on %I.%I (trigger %I) must be an AFTER ... '
+                             'FOR EACH ROW trigger', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_NAME);
+    END IF;
     IF prefix IS NULL OR NOT sse_stream.is_stream_name(prefix) OR length(prefix) > 193
        OR prefix = 'sse' OR prefix LIKE 'sse.%' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',

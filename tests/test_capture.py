@@ -186,6 +186,22 @@ async def test_a_wrong_configuration_fails_the_write_loudly(
     assert await db.fetchval(f"SELECT count(*) FROM {name}") == 0
 
 
+@pytest.mark.parametrize("timing", ["BEFORE INSERT", "AFTER INSERT"])
+async def test_only_after_row_triggers_are_accepted(db: asyncpg.Connection, timing: str) -> None:
+    name = "orders_" + uuid.uuid4().hex[:10]
+    level = "ROW" if timing.startswith("BEFORE") else "STATEMENT"
+    await db.execute(f"CREATE TABLE {name} (id int)")
+    try:
+        await db.execute(f"CREATE TRIGGER t {timing} ON {name} FOR EACH {level} "
+                         f"EXECUTE FUNCTION sse_stream.capture('{name}')")
+        # A BEFORE trigger returning NULL would skip the row without a word.
+        with pytest.raises(asyncpg.InvalidParameterValueError,
+                           match="must be an AFTER ... FOR EACH ROW trigger"):
+            await db.execute(f"INSERT INTO {name} VALUES (1)")
+    finally:
+        await db.execute(f"DROP TABLE {name}")
+
+
 async def test_capture_and_publish_in_one_transaction(table: Table,
                                                       db: asyncpg.Connection) -> None:
     prefix = prefix_name()
