@@ -257,6 +257,13 @@ def _env_default(name: str) -> str | None:
     return os.environ.get(env_name(name)) or None
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sse-stream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -276,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("data", nargs="?", default="null",
                          help="the event's data as JSON (default null), or - to read JSON Lines "
                               "from stdin: each line is the data of one event")
-    publish.add_argument("--batch-size", type=int, default=500,
+    publish.add_argument("--batch-size", type=_positive_int, default=500,
                          help="events per transaction when reading stdin (default 500)")
     publish.set_defaults(func=cmd_publish)
 
