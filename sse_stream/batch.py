@@ -35,9 +35,10 @@ class Batch:
     """Checked events of one stream.
 
     `events_json` is a JSON array of {"type", "data"} objects (the form
-    `sse_stream.publish_many` takes), every item checked. `fingerprint` identifies the request
-    for idempotent retries: a SHA-256 of the stream and the events as JSON
-    values (key order and whitespace do not count); None unless asked for.
+    `sse_stream.publish_many` takes), every item checked. `fingerprint`
+    identifies the request for idempotent retries: a SHA-256 of the stream
+    and the events as JSON values (key order and whitespace do not count);
+    None unless asked for.
     """
 
     stream: str
@@ -54,6 +55,8 @@ def parse_body(stream: str, body: bytes, *, fingerprint: bool = False) -> Batch:
     """
     validate_stream_name(stream, "stream")
     try:
+        # With a key given twice orjson keeps the last value, as jsonb does,
+        # so what is checked here is what the database stores.
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidInput("body", f"not valid JSON: {error}") from None

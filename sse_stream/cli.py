@@ -8,8 +8,8 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import fields
 from collections.abc import Iterable
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .settings import Settings, env_name

@@ -100,6 +100,18 @@ async def test_one_bad_item_writes_nothing(start_server: StartServer, db: asyncp
     assert await rows(db, stream) == []
 
 
+async def test_a_key_given_twice_is_checked_as_stored(start_server: StartServer,
+                                                     db: asyncpg.Connection, stream: str) -> None:
+    server = await start_server()
+    url = server.make_url(f"/streams/{stream}/events")
+    async with aiohttp.ClientSession() as session:
+        status, _, problem = await post(session, url, b'{"type": "ok", "type": "sse.gap"}')
+        assert (status, problem["param"]) == (400, "body.type")
+        status, _, _ = await post(session, url, b'{"type": "sse.gap", "type": "ok"}')
+        assert status == 201
+    assert [r["type"] for r in await rows(db, stream)] == ["ok"]
+
+
 async def test_escaped_backslash_before_u0000_is_plain_text(start_server: StartServer,
                                                             db: asyncpg.Connection,
                                                             stream: str) -> None:
