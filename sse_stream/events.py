@@ -10,6 +10,7 @@ position to hand out even when it names no event.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -75,8 +76,11 @@ class Event:
     def from_row(cls, xid: int, id_: int, stream: str, type_: str, data_json: str,
                  created_at: datetime) -> Event:
         position = Position(xid, id_)
-        data = orjson.loads(data_json)
         encoded_position = position.encode()
+        try:
+            data = orjson.loads(data_json)
+        except orjson.JSONDecodeError:
+            return cls._from_wide_numbers(id_, position, stream, type_, data_json, created_at)
         envelope = orjson.dumps({
             "id": id_,
             "position": encoded_position,
@@ -93,6 +97,32 @@ class Event:
         sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
             encoded_position.encode(), type_.encode(), envelope)
         return cls(id_, position, stream, type_, data, created_at, envelope, sse)
+
+    @classmethod
+    def _from_wide_numbers(cls, id_: int, position: Position, stream: str, type_: str,
+                           data_json: str, created_at: datetime) -> Event:
+        """An event whose data holds a number no double can (jsonb keeps 1e400).
+
+        orjson refuses such text, so json decodes it (to an exact int or to
+        inf: no comparison matches either, as in SQL), and the wire forms
+        carry PostgreSQL's own text of the data (one line, as jsonb's text
+        always is), so the number reaches the client as it was stored.
+        """
+        data = json.loads(data_json)
+        encoded_position = position.encode()
+        raw = data_json.encode()
+        time = orjson.dumps(created_at, option=orjson.OPT_UTC_Z)
+        envelope = b'{"id":%d,"position":"%s","stream":%s,"type":%s,"data":%s,"created_at":%s}' % (
+            id_, encoded_position.encode(), orjson.dumps(stream), orjson.dumps(type_), raw, time)
+        sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
+            encoded_position.encode(), type_.encode(), envelope)
+        cloudevent = (
+            b'{"specversion":"1.0","id":"%d","source":%s,"type":%s,"time":%s,'
+            b'"datacontenttype":"application/json","data":%s,"ssestream":%s,"sseposition":"%s"}' % (
+                id_, orjson.dumps(f"/streams/{stream}"), orjson.dumps(type_), time, raw,
+                orjson.dumps(stream), encoded_position.encode()))
+        return cls(id_, position, stream, type_, data, created_at, envelope, sse,
+                   {"cloudevent": cloudevent})
 
     @property
     def cloudevent(self) -> bytes:
@@ -124,5 +154,5 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         """The envelope as a mapping (for JSON pages)."""
-        result: dict[str, Any] = orjson.loads(self.envelope)
+        result: dict[str, Any] = json.loads(self.envelope)
         return result
