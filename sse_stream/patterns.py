@@ -59,6 +59,17 @@ class StreamPattern:
         return self.regex.fullmatch(name) is not None
 
     @property
+    def literal_prefix(self) -> str:
+        """The text every matching name starts with: the segments before the
+        first wildcard, each followed by '.' ('' when the pattern starts with one)."""
+        literal = []
+        for segment in self.segments:
+            if segment in ("*", ">"):
+                break
+            literal.append(segment + ".")
+        return "".join(literal)
+
+    @property
     def sql_regex(self) -> str:
         """The same pattern as a POSIX regular expression for PostgreSQL's `~`."""
         return "^" + self.regex.pattern + "$"

@@ -63,7 +63,18 @@ class Selector:
         elif exact:
             stream_terms.append(f"ev.stream = ANY({bind(exact)}::text[])")
         if regexes:
-            stream_terms.append(f"ev.stream ~ ANY({bind(regexes)}::text[])")
+            regex_term = f"ev.stream ~ ANY({bind(regexes)}::text[])"
+            prefixes = [p.literal_prefix for p in self.patterns if not p.is_exact]
+            if all(prefixes):
+                # A regex cannot use an index; a range of names per literal
+                # prefix can (index events_stream_c_position, C collation so
+                # that the range is exactly the names with that prefix).
+                ranges = " OR ".join(
+                    f"(ev.stream COLLATE \"C\" >= {bind(prefix)}::text"
+                    f" AND ev.stream COLLATE \"C\" < {bind(_successor(prefix))}::text)"
+                    for prefix in prefixes)
+                regex_term = f"({regex_term} AND ({ranges}))"
+            stream_terms.append(regex_term)
         terms = ["(" + " OR ".join(stream_terms) + ")"]
         if self.types is not None:
             type_terms = []
@@ -75,6 +86,11 @@ class Selector:
         if self.data is not None:
             terms.append(f"({self.data.to_sql('ev.data', bind)})")
         return " AND ".join(terms), params
+
+
+def _successor(prefix: str) -> str:
+    """The smallest text after every text starting with `prefix` (ASCII names)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 class Subscription:
