@@ -219,3 +219,7 @@ async def test_number_beyond_a_double_is_delivered_as_written(
         # PostgreSQL's text of the number, exact.
         assert json.loads(messages[0].data)["data"] == {"a": 10**400}
         assert json.loads(messages[1].data)["data"] == {"a": 1}
+    async with open_stream(url + "?last_event_id=0&live=false&format=cloudevents") as sse:
+        cloud = await sse.rest()
+    assert [json.loads(m.data)["data"] for m in cloud] == [{"a": 10**400}, {"a": 1}]
+    assert json.loads(cloud[0].data)["sseposition"] == json.loads(replayed[0].data)["position"]
