@@ -30,6 +30,9 @@ LIVE_OBJECTS = web.AppKey("live_objects", dict)
 ASYNCAPI = web.AppKey("asyncapi", dict)
 
 
+STOP_TIMEOUT = 5.0
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     live_objects = app[LIVE_OBJECTS]
@@ -55,14 +58,23 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         live_objects.clear()
-        pruning.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pruning
+
+        async def stop_pruning() -> None:
+            pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
+
+        steps = [stop_pruning, listener.stop, hub.stop, store.close]
         if retention is not None:
-            await retention.stop()
-        await listener.stop()
-        await hub.stop()
-        await store.close()
+            steps.insert(1, retention.stop)
+        for step in steps:
+            # Each step is bounded: a task that does not end on cancellation
+            # (a driver call stuck on a dead socket) must not hang shutdown.
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await step()
+            except TimeoutError:
+                log.warning("shutdown: %s did not finish in %g s", step.__qualname__, STOP_TIMEOUT)
 
 
 async def _prune_idempotency_keys(store: EventStore, ttl: float) -> None:

@@ -91,7 +91,7 @@ async def start_server(dsn: str) -> AsyncIterator[StartServer]:
 
     async def start(**overrides: Any) -> TestServer:
         settings = Settings(dsn=dsn, heartbeat=overrides.pop("heartbeat", 15.0), **overrides)
-        server = TestServer(create_app(settings), host="127.0.0.1")
+        server = TestServer(create_app(settings), host="127.0.0.1", shutdown_timeout=5)
         await server.start_server()
         servers.append(server)
         return server
