@@ -51,6 +51,35 @@ class Settings:
         default=86400.0, metadata={"help": "seconds an Idempotency-Key of HTTP publishing is "
                                            "remembered, at least (default 24 h)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    # Access control (see README "Security").
+    jwt_secret: str | None = field(default=None, metadata={"help": "HS256 shared secret for tokens"})
+    jwt_public_key: str | None = field(default=None,
+                                       metadata={"help": "PEM file of the RS256/ES256 public key"})
+    jwt_algorithm: str | None = field(default=None,
+                                      metadata={"help": "token algorithm: HS256 with a secret, "
+                                                        "RS256 (default) or ES256 with a key"})
+    jwt_leeway: float = field(default=10.0,
+                              metadata={"help": "seconds of clock skew allowed on exp/nbf"})
+    token_cookie: str = field(default="sse_stream_token",
+                              metadata={"help": "cookie that may carry the token"})
+    token_expiry_margin: float = field(default=30.0,
+                                       metadata={"help": "seconds before a token's exp to send "
+                                                         "sse.token-expiring"})
+    anonymous_subscribe: str | None = field(default=None,
+                                            metadata={"help": "comma list of stream patterns "
+                                                              "anyone may read without a token"})
+    trusted_proxies: str | None = field(default=None,
+                                        metadata={"help": "comma list of proxy addresses whose "
+                                                          "X-Forwarded-For is believed"})
+    cors_origins: str | None = field(default=None,
+                                     metadata={"help": "comma list of origins allowed by CORS "
+                                                       "(or *)"})
+    cors_credentials: bool = field(default=False,
+                                   metadata={"help": "allow cookies/credentials on CORS requests"})
+    max_streams: int = field(default=10000, metadata={"help": "open streams per process"})
+    max_streams_per_client: int = field(default=100,
+                                        metadata={"help": "open streams per client address"})
+    max_query: int = field(default=8192, metadata={"help": "bytes of query string accepted"})
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:
