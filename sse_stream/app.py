@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 
 from typing import Any
@@ -17,6 +18,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from . import handlers
 from .errors import DatabaseUnavailable
 from .handlers import HUB, LISTENER, REGISTRY, SETTINGS, STORE
+from .auth import AccessPolicy
+from .errors import InvalidInput
+from .handlers import ACCESS, HUB, LISTENER, OPEN_STREAMS, SETTINGS, STORE, OpenStreams
 from .hub import Hub
 from .listener import Listener
 from .metrics import HubCollector
@@ -112,6 +116,74 @@ async def _asyncapi(request: web.Request) -> web.Response:
               "protocol": request.scheme}
     body = orjson.dumps({**document, "servers": {"local": server}})
     return web.Response(body=body, content_type="application/json")
+CORS_METHODS = ("GET", "POST")
+# What a browser frontend needs to send; nothing is exposed beyond the
+# CORS-safelisted response headers.
+CORS_HEADERS = ("Authorization", "Last-Event-ID", "Idempotency-Key", "Content-Type")
+
+
+@dataclass(frozen=True)
+class CorsPolicy:
+    origins: frozenset[str]
+    any_origin: bool
+    credentials: bool
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CorsPolicy:
+        origins = frozenset(o.strip().rstrip("/") for o in (settings.cors_origins or "").split(",")
+                            if o.strip())
+        any_origin = "*" in origins
+        if any_origin and settings.cors_credentials:
+            raise ValueError("cors_origins '*' cannot go with cors_credentials: list the origins")
+        return cls(origins - {"*"}, any_origin, settings.cors_credentials)
+
+    def allowed(self, origin: str) -> bool:
+        return self.any_origin or origin in self.origins
+
+    def headers(self, origin: str) -> dict[str, str]:
+        found = {"Access-Control-Allow-Origin": "*" if self.any_origin else origin}
+        if not self.any_origin:
+            found["Vary"] = "Origin"
+        if self.credentials:
+            found["Access-Control-Allow-Credentials"] = "true"
+        return found
+
+
+CORS = web.AppKey("cors", CorsPolicy)
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    cors = request.app[CORS]
+    if origin and cors.allowed(origin):
+        for name, value in cors.headers(origin).items():
+            if name == "Vary" and "Vary" in response.headers:
+                value = response.headers["Vary"] + ", Origin"
+            response.headers[name] = value
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    """OPTIONS: the CORS preflight a browser sends before a publish or a
+    request with an Authorization header."""
+    cors = request.app[CORS]
+    origin = request.headers.get("Origin")
+    if not origin or not cors.allowed(origin):
+        raise InvalidInput("Origin", "this origin is not allowed (cors_origins)", status=403)
+    method = request.headers.get("Access-Control-Request-Method", "")
+    if method not in CORS_METHODS:
+        raise InvalidInput("Access-Control-Request-Method", f"allowed: {', '.join(CORS_METHODS)}",
+                           status=403)
+    allowed = {name.lower() for name in CORS_HEADERS}
+    asked = [h.strip() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")
+             if h.strip()]
+    refused = [h for h in asked if h.lower() not in allowed]
+    if refused:
+        raise InvalidInput("Access-Control-Request-Headers", f"not allowed: {', '.join(refused)}",
+                           status=403)
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": ", ".join(CORS_METHODS),
+        "Access-Control-Allow-Headers": ", ".join(CORS_HEADERS),
+        "Access-Control-Max-Age": "600"})
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -119,8 +191,13 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("create_app needs settings.dsn")
     if settings.prune_older_than:
         parse_age(settings.prune_older_than)  # refuse a bad age before serving
+    # aiohttp's own parser refuses long request lines with a plain-text
+    # 400; let lines through well beyond our limit so that the app answers
+    # an over-long query with a problem document (414).
+    line_size = max(65536, 2 * settings.max_query + 1024)
     app = web.Application(middlewares=[handlers.problem_middleware],
-                          client_max_size=handlers.MAX_BODY + 1024)
+                          client_max_size=handlers.MAX_BODY + 1024,
+                          handler_args={"max_line_size": line_size})
     app[SETTINGS] = settings
     live_objects: dict[str, Any] = {}
     registry = CollectorRegistry()
@@ -129,6 +206,10 @@ def create_app(settings: Settings) -> web.Application:
     app[LIVE_OBJECTS], app[REGISTRY] = live_objects, registry
     app[ASYNCAPI] = orjson.loads(
         resources.files("sse_stream.static").joinpath("asyncapi.json").read_bytes())
+    app[ACCESS] = AccessPolicy.from_settings(settings)
+    app[CORS] = CorsPolicy.from_settings(settings)
+    app[OPEN_STREAMS] = OpenStreams()
+    app.on_response_prepare.append(_cors_headers)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_streams)
     app.router.add_get("/", _index)
@@ -139,4 +220,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/streams/{streams}", handlers.subscribe)
     app.router.add_get("/streams/{streams}/events", handlers.read_page)
     app.router.add_post("/streams/{stream}/events", handlers.publish)
+    app.router.add_route("OPTIONS", "/streams/{streams}", _preflight)
+    app.router.add_route("OPTIONS", "/streams/{stream}/events", _preflight)
     return app

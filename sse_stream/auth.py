@@ -13,6 +13,7 @@ some pattern the token grants (see `allows`).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,7 @@ class Unauthorized(InvalidInput):
     """No token, or one that does not verify: 401."""
 
     def __init__(self, param: str, detail: str) -> None:
-        super().__init__(param, detail, status=401)
+        super().__init__(param, detail, status=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 @dataclass(frozen=True)
@@ -175,3 +176,70 @@ def parse_pattern_setting(text: str | None, name: str) -> tuple[StreamPattern, .
         return tuple(parse_pattern(item.strip(), name) for item in text.split(",") if item.strip())
     except InvalidInput as error:
         raise ValueError(f"{name}: {error.detail}") from None
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Who may do what: the token verifier (None: protected mode), the streams
+    open to everyone, and the proxies whose X-Forwarded-For is believed."""
+
+    verifier: TokenVerifier | None
+    anonymous: tuple[StreamPattern, ...] = ()
+    cookie: str = "sse_stream_token"
+    trusted_proxies: tuple[Network, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccessPolicy:
+        proxies: list[Network] = []
+        for item in (settings.trusted_proxies or "").split(","):
+            if item.strip():
+                try:
+                    proxies.append(ipaddress.ip_network(item.strip(), strict=False))
+                except ValueError as error:
+                    raise ValueError(f"trusted_proxies: {error}") from None
+        return cls(verifier_from_settings(settings),
+                   parse_pattern_setting(settings.anonymous_subscribe, "anonymous_subscribe"),
+                   settings.token_cookie, tuple(proxies))
+
+    def describe(self) -> str:
+        """One line for the start-up log: what a client without a token can do."""
+        if self.verifier is None:
+            mode = ("PROTECTED MODE: no token key configured, only loopback clients may "
+                    "subscribe or publish")
+        else:
+            mode = f"tokens required ({self.verifier.algorithm}) to subscribe or publish"
+        if self.anonymous:
+            mode += "; anyone may subscribe without a token to " + ", ".join(
+                p.text for p in self.anonymous)
+        return mode
+
+    def client_address(self, remote: str | None, forwarded_for: str | None) -> Address | None:
+        """The client's address: the peer, or, when the peer is a trusted proxy,
+        the nearest X-Forwarded-For entry that is not itself a trusted proxy."""
+        peer = _address(remote)
+        if peer is None or forwarded_for is None or not self._trusted(peer):
+            return peer
+        hops = [item.strip() for item in forwarded_for.split(",")]
+        for hop in reversed(hops):
+            address = _address(hop)
+            if address is None:
+                raise InvalidInput("X-Forwarded-For", "not a list of IP addresses")
+            if not self._trusted(address):
+                return address
+        return _address(hops[0])
+
+    def _trusted(self, address: Address) -> bool:
+        return any(address in network for network in self.trusted_proxies)
+
+
+def _address(text: str | None) -> Address | None:
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None

@@ -10,6 +10,7 @@ wrote; the database does not check the items a second time.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,12 +55,9 @@ def parse_body(stream: str, body: bytes, *, fingerprint: bool = False) -> Batch:
     item's index and field (`body[3].type`).
     """
     validate_stream_name(stream, "stream")
-    try:
-        # With a key given twice orjson keeps the last value, as jsonb does,
-        # so what is checked here is what the database stores.
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise InvalidInput("body", f"not valid JSON: {error}") from None
+    # With a key given twice orjson keeps the last value, as jsonb does,
+    # so what is checked here is what the database stores.
+    document = _load(body)
     single = not isinstance(document, list)
     items: list[Any] = [document] if single else document
     if not items or len(items) > MAX_ITEMS:
@@ -75,6 +73,56 @@ def parse_body(stream: str, body: bytes, *, fingerprint: bool = False) -> Batch:
     text = body.decode()
     return Batch(stream, f"[{text}]" if single else text, len(items),
                  _fingerprint(stream, items) if fingerprint else None)
+
+
+MAX_DEPTH = 128  # orjson writes at most 254 levels; the envelope adds one
+# orjson reads integers beyond 64 bits as floats (losing digits), so the
+# server's own reading of an event would differ from what jsonb stores.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def _load(body: bytes) -> Any:
+    """Parse a publish body, refusing with a clear 400 what JSON allows but
+    this server cannot carry exactly: deep nesting, integers beyond 64 bits."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        reason = str(error.msg)
+        if "depth" in reason or "recursion" in reason:
+            raise InvalidInput("body", f"JSON nested deeper than {MAX_DEPTH} levels") from None
+        if "infinity" in reason:
+            raise InvalidInput("body", "a number is too large for a 64-bit float") from None
+        raise InvalidInput("body", f"not valid JSON (UTF-8): {reason} at line {error.lineno} "
+                           f"column {error.colno}") from None
+    if _LONG_NUMBER.search(body):
+        _check_integers(body)
+    _check_depth(document)
+    return document
+
+
+def _check_integers(body: bytes) -> None:
+    def parse_int(text: str) -> int:
+        value = int(text)
+        if not -(1 << 63) <= value < (1 << 64):
+            raise InvalidInput("body", f"the integer {text[:30]}{'...' if len(text) > 30 else ''}"
+                               " does not fit in 64 bits; send it as a string")
+        return value
+
+    try:
+        json.loads(body, parse_int=parse_int)
+    except RecursionError:
+        raise InvalidInput("body", f"JSON nested deeper than {MAX_DEPTH} levels") from None
+
+
+def _check_depth(document: Any) -> None:
+    pending: list[tuple[Any, int]] = [(document, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (list, dict)):
+            if depth >= MAX_DEPTH:
+                raise InvalidInput("body", f"JSON nested deeper than {MAX_DEPTH} levels")
+            pending.extend((item, depth + 1)
+                           for item in (value if isinstance(value, list) else value.values()))
 
 
 def data_batch(stream: str, type_: str, lines: Iterable[bytes], first_line: int = 1) -> Batch:

@@ -93,8 +93,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             assert settings.dsn is not None
             asyncio.run(migrate_dsn(settings.dsn))
-        log.warning("protected mode: no token key configured, only loopback clients may "
-                    "subscribe or publish")
+        from .auth import AccessPolicy
+
+        try:
+            policy = AccessPolicy.from_settings(settings)
+        except (OSError, ValueError) as error:
+            print(f"sse-stream serve: {error}", file=sys.stderr)
+            return 2
+        # Loud on purpose: an operator must not mistake protected mode for a
+        # configured one, nor miss which streams are open to everyone.
+        log.log(logging.WARNING if policy.verifier is None or policy.anonymous else logging.INFO,
+                "%s", policy.describe())
         print(f"serving on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
         if settings.workers <= 1:
             _serve_worker(settings, reuse_port=False)

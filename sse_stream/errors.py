@@ -12,11 +12,13 @@ class InvalidInput(SseStreamError):
 
     status = 400
 
-    def __init__(self, param: str, detail: str, status: int = 400) -> None:
+    def __init__(self, param: str, detail: str, status: int = 400,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{param}: {detail}")
         self.param = param
         self.detail = detail
         self.status = status
+        self.headers = headers
 
 
 class DatabaseUnavailable(SseStreamError):

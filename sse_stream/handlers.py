@@ -6,22 +6,25 @@ application/problem+json response by `problem_middleware`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+import re
 import time
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Literal
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .auth import AccessPolicy, Grant, Unauthorized, allows, find_token
 from .batch import parse_body, validate_idempotency_key
 from .errors import DatabaseUnavailable, InvalidInput
 from .events import ORIGIN, Position, parse_position
 from .filters import parse_data_filters
 from .hub import Hub
 from .listener import Listener
-from .patterns import parse_pattern_list, parse_type_filter, validate_stream_name
+from .patterns import (StreamPattern, parse_pattern, parse_pattern_list, parse_type_filter,
+                       validate_stream_name)
 from .response import SseResponse
 from .settings import Settings
 from .store import EventStore
@@ -34,11 +37,44 @@ STORE = web.AppKey("store", EventStore)
 HUB = web.AppKey("hub", Hub)
 LISTENER = web.AppKey("listener", Listener)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+ACCESS = web.AppKey("access", AccessPolicy)
+
+
+@dataclass
+class OpenStreams:
+    """Open streams per process and per client address, for the limits."""
+
+    total: int = 0
+    by_client: dict[str, int] = field(default_factory=dict)
+
+    def open(self, client: str, settings: Settings) -> None:
+        """Count one more stream for `client`, or raise 503/429 with Retry-After."""
+        if self.total >= settings.max_streams:
+            raise InvalidInput("streams", f"this server has {self.total} open streams, its "
+                               "limit; retry later or elsewhere", status=503,
+                               headers={"Retry-After": "5"})
+        mine = self.by_client.get(client, 0)
+        if mine >= settings.max_streams_per_client:
+            raise InvalidInput("streams", f"{mine} streams are open from {client}, the limit "
+                               "per client address", status=429, headers={"Retry-After": "5"})
+        self.total += 1
+        self.by_client[client] = mine + 1
+
+    def close(self, client: str) -> None:
+        self.total -= 1
+        left = self.by_client[client] - 1
+        if left:
+            self.by_client[client] = left
+        else:
+            del self.by_client[client]
+
+
+OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)
 
 MAX_BODY = 1 << 20
 PAGE_DEFAULT, PAGE_MAX = 100, 1000
-_SUBSCRIBE_PARAMS = {"type", "last_event_id", "live", "or", "format"}
-_PAGE_PARAMS = {"type", "after", "limit", "or", "format"}
+_SUBSCRIBE_PARAMS = {"type", "last_event_id", "live", "or", "format", "access_token"}
+_PAGE_PARAMS = {"type", "after", "limit", "or", "format", "access_token"}
 FORMATS = ("envelope", "cloudevents")
 
 
@@ -67,9 +103,13 @@ async def problem_middleware(request: web.Request,
                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                              ) -> web.StreamResponse:
     try:
+        limit = request.app[SETTINGS].max_query
+        if len(request.query_string) > limit:
+            raise InvalidInput("query", f"the query string is longer than {limit} bytes",
+                               status=414)
         return await handler(request)
     except InvalidInput as error:
-        return problem(error.status, error.detail, error.param)
+        return problem(error.status, error.detail, error.param, headers=error.headers)
     except DatabaseUnavailable:
         return problem(503, "the database is unavailable; retry shortly",
                        headers={"Retry-After": "2"})
@@ -80,18 +120,55 @@ async def problem_middleware(request: web.Request,
             f"{request.method} {request.path}: {error.reason}"
         return problem(error.status, detail, headers={k: v for k, v in error.headers.items()
                                                        if k in ("Allow", "Retry-After")})
+    except Exception:
+        # The detail stays in the log; the client learns only that it failed.
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return problem(500, "an unexpected error occurred; it has been logged")
+
+
+def client_address(request: web.Request) -> str:
+    """The client's address (X-Forwarded-For believed only from trusted proxies)."""
+    address = request.app[ACCESS].client_address(request.remote,
+                                                  request.headers.get("X-Forwarded-For"))
+    return str(address) if address is not None else (request.remote or "")
 
 
 def _check_loopback(request: web.Request) -> None:
     """Protected mode: with no token key configured, only loopback clients."""
-    remote = request.remote or ""
-    try:
-        loopback = ipaddress.ip_address(remote.split("%")[0]).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    address = request.app[ACCESS].client_address(request.remote,
+                                                  request.headers.get("X-Forwarded-For"))
+    if address is None or not address.is_loopback:
         raise InvalidInput("Authorization", "the server runs in protected mode: "
                            "only loopback clients may subscribe or publish", status=403)
+
+
+def authorize(request: web.Request, action: Literal["subscribe", "publish"],
+              patterns: tuple[StreamPattern, ...], param: str) -> Grant | None:
+    """Check that the request may `action` every one of `patterns`.
+
+    Returns the token's grant (its expiry ends a stream), or None when no
+    token was needed: anonymous patterns, or protected mode on loopback.
+    """
+    policy = request.app[ACCESS]
+    anonymous = policy.anonymous if action == "subscribe" else ()
+    if policy.verifier is None:
+        if not (anonymous and allows(anonymous, patterns)):
+            _check_loopback(request)
+        return None
+    found = find_token(request.headers, request.query, request.cookies, policy.cookie)
+    if found is None:
+        if anonymous and allows(anonymous, patterns):
+            return None
+        raise Unauthorized("Authorization", f"a token is needed to {action}: send "
+                           "'Authorization: Bearer <token>', access_token, or the "
+                           f"{policy.cookie} cookie")
+    grant = policy.verifier.verify(*found)
+    granted = grant.subscribe if action == "subscribe" else grant.publish
+    if not allows((*granted, *anonymous), patterns):
+        refused = next(p.text for p in patterns if not allows((*granted, *anonymous), [p]))
+        raise InvalidInput(param, f"the token does not allow to {action} {refused!r}",
+                           status=403)
+    return grant
 
 
 def _check_params(request: web.Request, allowed: set[str]) -> None:
@@ -126,9 +203,9 @@ def _cloudevents(request: web.Request) -> bool:
 
 async def subscribe(request: web.Request) -> web.StreamResponse:
     """GET /streams/{streams}: the SSE stream."""
-    _check_loopback(request)
     _check_params(request, _SUBSCRIBE_PARAMS)
     selector = parse_selector(request)
+    grant = authorize(request, "subscribe", selector.patterns, "streams")
     start = _start_position(request)
     cloudevents = _cloudevents(request)
     live = request.query.get("live", "true")
@@ -139,29 +216,42 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     if hub.closing:
         return problem(503, "the server is shutting down", headers={"Retry-After": "1"})
 
-    response = SseResponse()
-    await response.prepare(request)
-    await response.start(b"retry: %d\n\n" % settings.retry)
-    subscription = Subscription(selector, response, start or ORIGIN, request.remote or "",
-                                cloudevents=cloudevents)
-    # One line at open and one at close, key=value (logfmt) for log pipelines.
-    log.info("stream opened peer=%s streams=%s start=%s live=%s", subscription.peer,
-             subscription.streams, start.encode() if start is not None else "live", live)
+    client = client_address(request)
+    open_streams = request.app[OPEN_STREAMS]
+    open_streams.open(client, settings)
     try:
-        await hub.serve(subscription, start, follow=live == "true")
+        response = SseResponse()
+        await response.prepare(request)
+        await response.start(b"retry: %d\n\n" % settings.retry)
+        subscription = Subscription(selector, response, start or ORIGIN, client,
+                                    cloudevents=cloudevents,
+                                    expires_at=grant.expires_at if grant else None)
+        # One line at open and one at close, key=value (logfmt) for log pipelines.
+        log.info("stream opened peer=%s streams=%s start=%s live=%s", subscription.peer,
+                 subscription.streams, start.encode() if start is not None else "live", live)
+        try:
+            await hub.serve(subscription, start, follow=live == "true")
+        except (ConnectionError, DatabaseUnavailable):
+            pass
+        except Exception:
+            # Headers are sent: no problem document can follow. The stream
+            # ends; the client reconnects with its Last-Event-ID.
+            log.exception("stream failed peer=%s streams=%s", client, subscription.streams)
+        finally:
+            log.info("stream closed peer=%s streams=%s events=%d bytes=%d seconds=%.3f",
+                     subscription.peer, subscription.streams, subscription.events_sent,
+                     subscription.bytes_sent, time.monotonic() - subscription.opened)
+        await response.finish()
+        return response
     finally:
-        log.info("stream closed peer=%s streams=%s events=%d bytes=%d seconds=%.3f",
-                 subscription.peer, subscription.streams, subscription.events_sent,
-                 subscription.bytes_sent, time.monotonic() - subscription.opened)
-    await response.finish()
-    return response
+        open_streams.close(client)
 
 
 async def read_page(request: web.Request) -> web.Response:
     """GET /streams/{streams}/events: one JSON page of events."""
-    _check_loopback(request)
     _check_params(request, _PAGE_PARAMS)
     selector = parse_selector(request)
+    authorize(request, "subscribe", selector.patterns, "streams")
     after = parse_position(request.query.get("after", "0"), "after")
     cloudevents = _cloudevents(request)
     try:
@@ -198,8 +288,8 @@ async def publish(request: web.Request) -> web.Response:
     `Idempotent-Replayed: true`, and writes nothing; the same key with other
     events is a 422.
     """
-    _check_loopback(request)
     stream = validate_stream_name(request.match_info["stream"], "stream")
+    authorize(request, "publish", (parse_pattern(stream, "stream"),), "stream")
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         validate_idempotency_key(key)

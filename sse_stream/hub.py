@@ -16,6 +16,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection
+from datetime import datetime, timezone
+
+import orjson
 
 from .errors import DatabaseUnavailable
 from .events import ORIGIN, Event, Position
@@ -384,20 +387,25 @@ class Hub:
     # -- heartbeats ---------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        """One timer for all streams: a keepalive only where it was silent."""
+        """One timer for all streams: a keepalive only where it was silent,
+        and the end of streams whose token expires (no timer per stream)."""
         interval = self.settings.heartbeat
-        tick = max(0.02, interval / 4)
+        # At most a second per tick: a token's expiry is honoured within it.
+        tick = max(0.02, min(interval / 4, 1.0))
+        margin = self.settings.token_expiry_margin
         while True:
             await asyncio.sleep(tick)
             try:
-                self._beat(time.monotonic() - (interval - tick))
+                self._beat(time.monotonic() - (interval - tick), time.time(), margin)
             except Exception:
                 log.exception("heartbeat failed")
 
-    def _beat(self, silent_since: float) -> None:
+    def _beat(self, silent_since: float, now: float, margin: float) -> None:
         for subscription in list(self.subscriptions):
             if subscription.response.is_closing():
                 subscription.close()
+            elif subscription.expires_at is not None and subscription.expires_at - margin <= now:
+                self._expire(subscription, now)
             elif subscription.last_write <= silent_since:
                 if subscription.live and self.last_event > subscription.sent:
                     # Events passed that it did not match: move its position.
@@ -405,3 +413,22 @@ class Hub:
                     subscription.write(b": keepalive\nid: %s\n\n" % self.watermark.encode().encode())
                 else:
                     subscription.write(KEEPALIVE)
+
+    def _expire(self, subscription: Subscription, now: float) -> None:
+        """Warn once before the token's exp, then end the stream at exp.
+
+        The warning carries the last position written, so a client that
+        reconnects with a fresh token and that position misses nothing.
+        """
+        expires_at = subscription.expires_at
+        assert expires_at is not None
+        if now >= expires_at:
+            subscription.close()
+            return
+        if not subscription.expiry_warned:
+            subscription.expiry_warned = True
+            data = orjson.dumps({
+                "last_event_id": subscription.sent.encode(),
+                "expires_at": datetime.fromtimestamp(expires_at, timezone.utc)
+                .isoformat().replace("+00:00", "Z")})
+            subscription.write(b"event: sse.token-expiring\ndata: %s\n\n" % data)

@@ -104,10 +104,11 @@ class Subscription:
 
     __slots__ = ("selector", "response", "cursor", "skip_until", "sent", "live", "closed",
                  "last_write", "signal", "sql", "events_sent", "bytes_sent", "opened", "peer",
-                 "streams", "cloudevents")
+                 "streams", "cloudevents", "expires_at", "expiry_warned")
 
     def __init__(self, selector: Selector, response: SseResponse, cursor: Position,
-                 peer: str = "", cloudevents: bool = False) -> None:
+                 peer: str = "", cloudevents: bool = False,
+                 expires_at: float | None = None) -> None:
         self.selector = selector
         self.response = response
         self.cursor = cursor          # every matching event up to here was written
@@ -124,6 +125,8 @@ class Subscription:
         self.peer = peer
         self.streams = ",".join(p.text for p in selector.patterns)  # for logs and metrics
         self.cloudevents = cloudevents  # data: is a CloudEvents envelope
+        self.expires_at = expires_at  # the token's exp (epoch seconds): the stream ends there
+        self.expiry_warned = False
 
     def frame(self, event: Event) -> bytes:
         """The event's SSE bytes in this stream's format (built once per event)."""
