@@ -273,6 +273,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from .auth import mint, parse_duration
+    from .errors import InvalidInput
+
+    settings = _settings(args)
+    if not settings.jwt_secret:
+        print("sse-stream token: needs the HS256 secret: --jwt-secret or "
+              f"{env_name('jwt_secret')}", file=sys.stderr)
+        return 2
+
+    def patterns(values: list[str]) -> list[str]:
+        return [p.strip() for value in values for p in value.split(",") if p.strip()]
+
+    try:
+        ttl = parse_duration(args.ttl)
+        token = mint(settings.jwt_secret, patterns(args.subscribe), patterns(args.publish), ttl,
+                     subject=args.sub)
+    except ValueError as error:
+        print(f"sse-stream token: --ttl: {error}", file=sys.stderr)
+        return 2
+    except InvalidInput as error:
+        print(f"sse-stream token: {error.detail}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sse-stream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -322,6 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--no-follow", action="store_true",
                       help="end once caught up instead of following")
     tail.set_defaults(func=cmd_tail)
+
+    token = commands.add_parser("token", help="mint an HS256 token with the configured secret")
+    _add_setting_flags(token, ["jwt_secret"])
+    token.add_argument("--subscribe", action="append", default=[], metavar="PATTERN",
+                       help="stream pattern the token may read (repeatable or comma list)")
+    token.add_argument("--publish", action="append", default=[], metavar="PATTERN",
+                       help="stream pattern the token may publish to (repeatable or comma list)")
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 30d (default 1h)")
+    token.add_argument("--sub", default=None, help="subject claim (e.g. the user id)")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

@@ -1,0 +1,436 @@
+"""Access control against a running server and the real PostgreSQL: tokens,
+containment, protected mode, anonymous patterns, token expiry, the token command."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import jwt
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from conftest import StartServer, publish
+from sse import envelope, open_stream
+from sse_stream import cli
+
+SECRET = "a-test-secret-of-at-least-32-bytes-long"
+
+
+def token(subscribe: list[str] | None = None, publish_: list[str] | None = None,
+          ttl: float = 300, key: Any = SECRET, algorithm: str = "HS256",
+          **claims: Any) -> str:
+    now = time.time()
+    body: dict[str, Any] = {"exp": int(now + ttl),
+                            "sse_stream": {"subscribe": subscribe or [], "publish": publish_ or []}}
+    body.update(claims)
+    return jwt.encode(body, key, algorithm=algorithm)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def handmade(header: dict[str, Any], claims: dict[str, Any], key: bytes | None) -> str:
+    """A JWT built by hand, for what PyJWT refuses to sign (alg none, HS with a PEM)."""
+    signing_input = _b64(orjson.dumps(header)) + "." + _b64(orjson.dumps(claims))
+    signature = b"" if key is None else hmac.new(key, signing_input.encode(),
+                                                 hashlib.sha256).digest()
+    return signing_input + "." + _b64(signature)
+
+
+@contextlib.asynccontextmanager
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    # A cookie jar that keeps cookies for 127.0.0.1 (an IP address).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        yield session
+
+
+async def request(server: TestServer, method: str, path: str, *,
+                  headers: dict[str, str] | None = None, cookies: dict[str, str] | None = None,
+                  json: Any = None, data: Any = None) -> tuple[int, Any, Any]:
+    """One request; for a stream, the status and headers once the first bytes arrive."""
+    async with client() as session:
+        if cookies:
+            session.cookie_jar.update_cookies(cookies, server.make_url("/"))
+        async with session.request(method, server.make_url(path), headers=headers or {},
+                                   json=json, data=data,
+                                   timeout=aiohttp.ClientTimeout(total=10)) as response:
+            if response.content_type == "text/event-stream":
+                first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+                return response.status, response.headers, first
+            body = await response.read()
+            if response.content_type in ("application/json", "application/problem+json"):
+                return response.status, response.headers, orjson.loads(body)
+            return response.status, response.headers, body
+
+
+def assert_problem(result: tuple[int, Any, Any], status: int, param: str) -> dict[str, Any]:
+    code, headers, body = result
+    assert code == status, body
+    assert headers["Content-Type"] == "application/problem+json"
+    assert body["status"] == status and body["param"] == param
+    assert {"type", "title", "detail"} <= set(body)
+    return dict(body)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Any]:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    found: dict[str, Any] = {"rsa": rsa_key, "ec": ec_key}
+    for name, key in (("rsa", rsa_key), ("ec", ec_key)):
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        path = tmp_path / f"{name}.pem"
+        path.write_bytes(pem)
+        found[f"{name}_path"] = str(path)
+        found[f"{name}_pem"] = pem
+    return found
+
+
+async def count(db: asyncpg.Connection, stream: str) -> int:
+    value: int = await db.fetchval("SELECT count(*) FROM sse_stream.events WHERE stream = $1",
+                                   stream)
+    return value
+
+
+# -- tokens -------------------------------------------------------------------
+
+
+async def test_token_in_each_of_the_three_places(start_server: StartServer,
+                                                 db: asyncpg.Connection, stream: str) -> None:
+    server = await start_server(jwt_secret=SECRET)
+    good = token([stream])
+    ways: list[dict[str, Any]] = [
+        {"headers": {"Authorization": f"Bearer {good}"}},
+        {"query": f"?access_token={good}"},
+        {"cookies": {"sse_stream_token": good}},
+    ]
+    for way in ways:
+        async with client() as session:
+            if "cookies" in way:
+                session.cookie_jar.update_cookies(way["cookies"], server.make_url("/"))
+            url = str(server.make_url(f"/streams/{stream}")) + way.get("query", "")
+            async with open_stream(url, headers=way.get("headers"), session=session) as sse:
+                await sse.until(lambda parser: parser.last_event_id != "")
+                event_id = await publish(db, stream, "t", {"way": str(way)[:20]})
+                assert envelope(await sse.next())["id"] == event_id
+    # Pages take the token the same three ways.
+    for way in ways:
+        path = f"/streams/{stream}/events" + way.get("query", "")
+        code, _, body = await request(server, "GET", path, headers=way.get("headers"),
+                                      cookies=way.get("cookies"))
+        assert code == 200 and len(body["events"]) == 3
+
+
+async def test_the_header_wins_over_the_query_and_the_cookie(start_server: StartServer,
+                                                             stream: str) -> None:
+    server = await start_server(jwt_secret=SECRET, token_cookie="auth")
+    good, bad = token([stream]), token([stream], key="another-secret-of-at-least-32-bytes")
+    path = f"/streams/{stream}/events"
+    assert_problem(await request(server, "GET", f"{path}?access_token={good}",
+                                 headers={"Authorization": f"Bearer {bad}"}), 401, "Authorization")
+    assert_problem(await request(server, "GET", f"{path}?access_token={bad}",
+                                 cookies={"auth": good}), 401, "access_token")
+    assert (await request(server, "GET", path, cookies={"auth": good}))[0] == 200
+    # The default cookie name is not read when another is configured.
+    assert_problem(await request(server, "GET", path, cookies={"sse_stream_token": good}),
+                   401, "Authorization")
+
+
+async def test_bad_tokens_are_refused_with_401(start_server: StartServer, stream: str) -> None:
+    server = await start_server(jwt_secret=SECRET)
+    path = f"/streams/{stream}"
+    now = int(time.time())
+    claims = {"exp": now + 300, "sse_stream": {"subscribe": [stream]}}
+    cases = {
+        "wrong secret": token([stream], key="not-the-secret-but-also-32-bytes-long"),
+        "expired": token([stream], ttl=-60),  # beyond the 10 s leeway
+        "not yet valid": token([stream], nbf=now + 120),
+        "alg none": handmade({"alg": "none", "typ": "JWT"}, claims, None),
+        "alg none, secret-signed": handmade({"alg": "none"}, claims, SECRET.encode()),
+        "garbage": "not.a.token",
+        "not a JWT at all": "x" * 40,
+    }
+    details = {}
+    for name, value in cases.items():
+        for where in ("header", "query"):
+            if where == "header":
+                result = await request(server, "GET", path,
+                                       headers={"Authorization": f"Bearer {value}"})
+                body = assert_problem(result, 401, "Authorization")
+                assert result[1]["WWW-Authenticate"] == "Bearer"
+            else:
+                body = assert_problem(await request(server, "GET", f"{path}?access_token={value}"),
+                                      401, "access_token")
+            details[name] = body["detail"]
+    assert "expired" in details["expired"]
+    assert "nbf" in details["not yet valid"]
+    # No token at all, and a header that is not a bearer token.
+    assert_problem(await request(server, "GET", path), 401, "Authorization")
+    assert_problem(await request(server, "GET", path, headers={"Authorization": "Basic eDp5"}),
+                   401, "Authorization")
+
+
+async def test_exp_within_the_leeway_is_still_accepted(start_server: StartServer,
+                                                       stream: str) -> None:
+    server = await start_server(jwt_secret=SECRET, jwt_leeway=30)
+    headers = {"Authorization": f"Bearer {token([stream], ttl=-5)}"}
+    assert (await request(server, "GET", f"/streams/{stream}/events", headers=headers))[0] == 200
+
+
+async def test_rs256_and_es256_and_no_switching(start_server: StartServer, keys: dict[str, Any],
+                                                stream: str) -> None:
+    path = f"/streams/{stream}/events"
+    rs = await start_server(jwt_public_key=keys["rsa_path"])
+    rs_token = token([stream], key=keys["rsa"], algorithm="RS256")
+    assert (await request(rs, "GET", path, headers={"Authorization": f"Bearer {rs_token}"}))[0] \
+        == 200
+    # HS/RS confusion: HS256 signed with the RSA public key (PEM) as the secret.
+    claims = {"exp": int(time.time()) + 300, "sse_stream": {"subscribe": [stream]}}
+    confused = handmade({"alg": "HS256", "typ": "JWT"}, claims, keys["rsa_pem"])
+    assert_problem(await request(rs, "GET", path, headers={"Authorization": f"Bearer {confused}"}),
+                   401, "Authorization")
+    # An HS256 token with any secret, and an ES256 token, are refused when RS256 is configured.
+    for other in (token([stream]), token([stream], key=keys["ec"], algorithm="ES256")):
+        assert_problem(await request(rs, "GET", path, headers={"Authorization": f"Bearer {other}"}),
+                       401, "Authorization")
+
+    es = await start_server(jwt_public_key=keys["ec_path"], jwt_algorithm="ES256")
+    es_token = token([stream], key=keys["ec"], algorithm="ES256")
+    assert (await request(es, "GET", path, headers={"Authorization": f"Bearer {es_token}"}))[0] \
+        == 200
+    assert_problem(await request(es, "GET", path, headers={"Authorization": f"Bearer {rs_token}"}),
+                   401, "Authorization")
+
+
+def test_configuration_pins_one_algorithm(dsn: str, keys: dict[str, Any]) -> None:
+    from sse_stream.app import create_app
+    from sse_stream.settings import Settings
+
+    for bad in ({"jwt_secret": SECRET, "jwt_public_key": keys["rsa_path"]},
+                {"jwt_secret": SECRET, "jwt_algorithm": "RS256"},
+                {"jwt_public_key": keys["rsa_path"], "jwt_algorithm": "HS256"},
+                {"jwt_public_key": keys["rsa_path"], "jwt_algorithm": "none"}):
+        with pytest.raises(ValueError):
+            create_app(Settings(dsn=dsn, **bad))
+
+
+# -- containment -----------------------------------------------------------------
+
+
+async def test_subscribe_and_pages_need_every_pattern_contained(start_server: StartServer,
+                                                                stream: str) -> None:
+    server = await start_server(jwt_secret=SECRET)
+    headers = {"Authorization": f"Bearer {token([f'{stream}.*', 'public'])}"}
+    allowed = [f"{stream}.42", f"{stream}.*", f"public,{stream}.7", "public"]
+    refused = [f"{stream}.>", ">", f"{stream}", f"{stream}.1.2", f"{stream}.1,other", "*",
+               f"{stream}.*.x"]
+    for streams in allowed:
+        assert (await request(server, "GET", f"/streams/{streams}", headers=headers))[0] == 200
+        assert (await request(server, "GET", f"/streams/{streams}/events",
+                              headers=headers))[0] == 200
+    for streams in refused:
+        body = assert_problem(await request(server, "GET", f"/streams/{streams}", headers=headers),
+                              403, "streams")
+        assert "does not allow to subscribe" in body["detail"]
+        assert_problem(await request(server, "GET", f"/streams/{streams}/events",
+                                     headers=headers), 403, "streams")
+
+
+async def test_publish_needs_a_publish_grant(start_server: StartServer, db: asyncpg.Connection,
+                                             stream: str) -> None:
+    server = await start_server(jwt_secret=SECRET)
+    writer = {"Authorization": f"Bearer {token([], [f'{stream}.*'])}"}
+    reader = {"Authorization": f"Bearer {token([f'{stream}.>'])}"}
+    event = {"type": "t", "data": {"n": 1}}
+    code, _, body = await request(server, "POST", f"/streams/{stream}.1/events", headers=writer,
+                                  json=event)
+    assert code == 201 and len(body["ids"]) == 1
+    assert await count(db, f"{stream}.1") == 1
+    for target, headers, status, param in ((f"{stream}.1.2", writer, 403, "stream"),
+                                           (stream, writer, 403, "stream"),
+                                           (f"{stream}.1", reader, 403, "stream"),
+                                           (f"{stream}.1", {}, 401, "Authorization")):
+        assert_problem(await request(server, "POST", f"/streams/{target}/events", headers=headers,
+                                     json=event), status, param)
+    assert await count(db, f"{stream}.1") == 1
+    assert await count(db, f"{stream}.1.2") == 0 and await count(db, stream) == 0
+
+
+# -- protected mode and anonymous patterns ----------------------------------------------
+
+
+async def test_protected_mode_loopback_vs_non_loopback(start_server: StartServer,
+                                                       db: asyncpg.Connection,
+                                                       stream: str) -> None:
+    # The test client is on 127.0.0.1: declaring that address a trusted proxy
+    # makes the server take the client's address from X-Forwarded-For, so one
+    # loopback listener serves both a loopback and a non-loopback client
+    # without contacting any other address.
+    server = await start_server(trusted_proxies="127.0.0.1")
+    outside = {"X-Forwarded-For": "203.0.113.9"}
+    through_proxy = {"X-Forwarded-For": "203.0.113.9, 127.0.0.1"}  # the proxy chain's last hop
+    inside = {"X-Forwarded-For": "::1"}
+    event = {"type": "t", "data": 1}
+    for headers in (outside, through_proxy):
+        assert_problem(await request(server, "GET", f"/streams/{stream}", headers=headers),
+                       403, "Authorization")
+        assert_problem(await request(server, "GET", f"/streams/{stream}/events", headers=headers),
+                       403, "Authorization")
+        assert_problem(await request(server, "POST", f"/streams/{stream}/events", headers=headers,
+                                     json=event), 403, "Authorization")
+    assert await count(db, stream) == 0
+    for headers in ({}, inside):
+        assert (await request(server, "GET", f"/streams/{stream}", headers=headers))[0] == 200
+        assert (await request(server, "POST", f"/streams/{stream}/events", headers=headers,
+                              json=event))[0] == 201
+    assert await count(db, stream) == 2
+    assert_problem(await request(server, "GET", f"/streams/{stream}",
+                                 headers={"X-Forwarded-For": "not-an-address"}),
+                   400, "X-Forwarded-For")
+
+    # Without the trusted-proxy setting the header is ignored: the peer is loopback.
+    plain = await start_server()
+    assert (await request(plain, "GET", f"/streams/{stream}/events", headers=outside))[0] == 200
+
+
+async def test_anonymous_patterns_open_reading_only(start_server: StartServer,
+                                                    db: asyncpg.Connection, stream: str) -> None:
+    outside = {"X-Forwarded-For": "198.51.100.7"}
+    event = {"type": "t", "data": 1}
+    # Protected mode: anonymous patterns are open to non-loopback clients too.
+    protected = await start_server(trusted_proxies="127.0.0.1",
+                                   anonymous_subscribe=f"{stream}.public.*, news")
+    for path in (f"/streams/{stream}.public.1", f"/streams/{stream}.public.*,news/events"):
+        assert (await request(protected, "GET", path, headers=outside))[0] == 200
+    for path in (f"/streams/{stream}.public.>", f"/streams/{stream}.public.1,{stream}/events"):
+        assert_problem(await request(protected, "GET", path, headers=outside), 403,
+                       "Authorization")
+    assert_problem(await request(protected, "POST", f"/streams/{stream}.public.1/events",
+                                 headers=outside, json=event), 403, "Authorization")
+
+    # With tokens: no token needed for anonymous patterns; a token adds to them.
+    server = await start_server(jwt_secret=SECRET, anonymous_subscribe=f"{stream}.public.*")
+    assert (await request(server, "GET", f"/streams/{stream}.public.1"))[0] == 200
+    assert_problem(await request(server, "GET", f"/streams/{stream}.private"), 401,
+                   "Authorization")
+    mixed = {"Authorization": f"Bearer {token([f'{stream}.private'])}"}
+    assert (await request(server, "GET", f"/streams/{stream}.private,{stream}.public.2",
+                          headers=mixed))[0] == 200
+    assert_problem(await request(server, "POST", f"/streams/{stream}.public.1/events",
+                                 json=event), 401, "Authorization")
+    assert await count(db, f"{stream}.public.1") == 0
+
+
+# -- token expiry ----------------------------------------------------------------------
+
+
+async def test_expiring_token_warns_then_ends_and_a_fresh_token_resumes_without_gap(
+        start_server: StartServer, db: asyncpg.Connection, stream: str) -> None:
+    server = await start_server(jwt_secret=SECRET, heartbeat=0.2, token_expiry_margin=1.5,
+                                jwt_leeway=0)
+    ttl = 3.0
+    short = token([stream], ttl=ttl)
+    expires_at = jwt.decode(short, options={"verify_signature": False})["exp"]
+    url = str(server.make_url(f"/streams/{stream}"))
+    before: list[int] = []
+    async with open_stream(url, headers={"Authorization": f"Bearer {short}"}) as sse:
+        await sse.until(lambda parser: parser.last_event_id != "")
+        before = [await publish(db, stream, "t", {"n": n}) for n in range(3)]
+        received = await sse.take(3)
+        warning = await sse.next(timeout=ttl + 2)
+        assert time.time() >= expires_at - 1.5 - 0.5
+        assert warning.event == "sse.token-expiring"
+        data = orjson.loads(warning.data)
+        # The warning names the last position delivered: the third event's.
+        assert data["last_event_id"] == received[-1].last_event_id == sse.last_event_id
+        assert data["expires_at"].endswith("Z")
+        # Published between the warning and exp: still delivered on this stream.
+        between = [await publish(db, stream, "t", {"n": n}) for n in range(3, 5)]
+        rest = await sse.rest(timeout=ttl + 2)
+        ended_at = time.time()
+        last_id = sse.last_event_id
+    assert expires_at - 0.1 <= ended_at <= expires_at + 1.5
+    assert [envelope(m)["id"] for m in received] == before
+    assert [envelope(m)["id"] for m in rest if m.data] == between
+    after = [await publish(db, stream, "t", {"n": n}) for n in range(5, 8)]
+
+    # Reconnect with a fresh token and the position: nothing missed, nothing twice.
+    fresh = {"Authorization": f"Bearer {token([stream])}", "Last-Event-ID": last_id}
+    async with open_stream(url, headers=fresh) as sse:
+        resumed = await sse.take(3)
+    assert [envelope(m)["id"] for m in resumed] == after
+
+    # The browser pattern: reconnect at the warning with its last_event_id.
+    browser = {"Authorization": f"Bearer {token([stream])}"}
+    async with open_stream(f"{url}?last_event_id={data['last_event_id']}",
+                           headers=browser) as sse:
+        replay = await sse.take(5)
+    assert [envelope(m)["id"] for m in replay] == between + after
+
+
+async def test_a_stream_without_token_expiry_is_not_ended(start_server: StartServer,
+                                                          stream: str) -> None:
+    server = await start_server(heartbeat=0.1, token_expiry_margin=1000)
+    async with open_stream(str(server.make_url(f"/streams/{stream}"))) as sse:
+        await sse.until(lambda parser: parser.last_event_id != "")
+        # Several heartbeat ticks: only keepalives, no control event, no end.
+        with pytest.raises(TimeoutError):
+            await sse.next(timeout=0.6)
+        assert not sse.ended
+
+
+# -- the token command -------------------------------------------------------------------
+
+
+async def test_token_command_mints_a_working_token(start_server: StartServer,
+                                                   db: asyncpg.Connection, stream: str,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SSE_STREAM_JWT_SECRET", SECRET)
+    assert cli.main(["token", "--subscribe", f"users.{stream}", "--publish",
+                     f"users.{stream},other", "--ttl", "15m", "--sub", stream]) == 0
+    minted = capsys.readouterr().out.strip()
+    claims = jwt.decode(minted, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == stream
+    assert claims["sse_stream"] == {"subscribe": [f"users.{stream}"],
+                                    "publish": [f"users.{stream}", "other"]}
+    assert 899 <= claims["exp"] - time.time() <= 901
+    server = await start_server(jwt_secret=SECRET)
+    headers = {"Authorization": f"Bearer {minted}"}
+    assert (await request(server, "POST", f"/streams/users.{stream}/events", headers=headers,
+                          json={"type": "t", "data": 1}))[0] == 201
+    code, _, body = await request(server, "GET", f"/streams/users.{stream}/events?access_token="
+                                  f"{minted}")
+    assert code == 200 and len(body["events"]) == 1
+    assert_problem(await request(server, "GET", "/streams/users.someone-else/events",
+                                 headers=headers), 403, "streams")
+    monkeypatch.delenv("SSE_STREAM_JWT_SECRET")
+    assert cli.main(["token", "--subscribe", "x"]) == 2
+    assert cli.main(["token", "--jwt-secret", SECRET, "--subscribe", "a.>.b"]) == 2
+    assert cli.main(["token", "--jwt-secret", SECRET, "--ttl", "soon"]) == 2
+    assert "needs the HS256 secret" in capsys.readouterr().err
+
+
+def test_serve_says_which_mode_it_runs_in(dsn: str) -> None:
+    from sse_stream.auth import AccessPolicy
+    from sse_stream.settings import Settings
+
+    assert AccessPolicy.from_settings(Settings(dsn=dsn)).describe().startswith("PROTECTED MODE")
+    described = AccessPolicy.from_settings(Settings(dsn=dsn, jwt_secret=SECRET,
+                                                    anonymous_subscribe="news.*")).describe()
+    assert "PROTECTED" not in described and "HS256" in described and "news.*" in described
