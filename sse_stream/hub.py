@@ -28,6 +28,7 @@ from .response import KEEPALIVE
 from .settings import Settings
 from .store import EventStore, Page
 from .subscription import Payload, Selector, Subscription
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,7 @@ class Hub:
     async def stop(self) -> None:
         self.end_streams()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(task)
 
     # -- the shared read -----------------------------------------------------
 

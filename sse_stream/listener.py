@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import asyncpg
 
+from .tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 CHANNEL = "sse_stream"
 
@@ -33,11 +35,7 @@ class Listener:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
 
     @property
     def backend_pid(self) -> int | None:
