@@ -207,9 +207,16 @@ types = st.one_of(st.sampled_from(["t", "order.created", "sse.gap", "a\r\nb", ""
 
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes | None:
-    kind = draw(st.sampled_from(["none", "event", "events", "raw", "deep", "bignum", "mutated"]))
+    kind = draw(st.sampled_from(["none", "valid", "valid", "valid", "valid", "event", "events",
+                                 "raw", "deep", "bignum", "mutated"]))
     if kind == "none":
         return None
+    if kind == "valid":
+        data = draw(st.recursive(
+            st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                      st.text(st.characters(blacklist_characters="\x00"), max_size=20)),
+            lambda inner: st.lists(inner, max_size=3), max_leaves=6))
+        return orjson.dumps({"type": draw(st.sampled_from(["t", "order.created"])), "data": data})
     if kind == "event":
         return json.dumps({"type": draw(types), "data": draw(json_values)}).encode()
     if kind == "events":
@@ -235,12 +242,23 @@ def requests(draw: st.DrawFn) -> tuple[str, str, list[str], dict[str, str], byte
     method = draw(st.sampled_from(["GET", "GET", "GET", "POST", "POST", "OPTIONS", "HEAD",
                                    "PUT", "DELETE", "PATCH"]))
     name = draw(names)
-    route = draw(st.sampled_from(["/streams/{}", "/streams/{}/events", "/streams/{}/events/x",
-                                  "/{}", "/", "/healthz", "/readyz", "/streams/"]))
+    if method == "POST" and draw(st.integers(0, 4)):
+        route = "/streams/{}/events"  # mostly the publish route, to reach the database
+        if draw(st.booleans()):
+            name = draw(st.sampled_from([f"{RUN}.w", f"{RUN}.seed"]))
+    elif method == "GET" and draw(st.integers(0, 2)) == 0:
+        route = "/streams/{}"
+        name = draw(st.sampled_from([f"{RUN}.seed", f"{RUN}.*", f"{RUN}.>"]))
+    else:
+        route = draw(st.sampled_from(["/streams/{}", "/streams/{}/events", "/streams/{}/events/x",
+                                      "/{}", "/", "/healthz", "/readyz", "/metrics",
+                                      "/asyncapi.json", "/streams/"]))
     path = route.format(urllib.parse.quote(name, safe=draw(st.sampled_from(["", ",*>", ",.*>"]))))
-    query = draw(queries)
+    query = draw(queries) if draw(st.booleans()) else []
     if method == "GET" and draw(st.booleans()):
         query.append(("live", "false"))
+        if draw(st.booleans()):
+            query.append(("last_event_id", "0"))
     target = path + ("?" + urllib.parse.urlencode(query) if query else "")
     return method, target, name.split(","), draw(headers), draw(bodies())
 
