@@ -10,7 +10,6 @@ wrote; the database does not check the items a second time.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -76,14 +75,9 @@ def parse_body(stream: str, body: bytes, *, fingerprint: bool = False) -> Batch:
 
 
 MAX_DEPTH = 128  # orjson writes at most 254 levels; the envelope adds one
-# orjson reads integers beyond 64 bits as floats (losing digits), so the
-# server's own reading of an event would differ from what jsonb stores.
-_LONG_NUMBER = re.compile(rb"\d{19}")
-
-
 def _load(body: bytes) -> Any:
     """Parse a publish body, refusing with a clear 400 what JSON allows but
-    this server cannot carry exactly: deep nesting, integers beyond 64 bits."""
+    this server cannot carry: nesting deeper than orjson can write back."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -94,24 +88,8 @@ def _load(body: bytes) -> Any:
             raise InvalidInput("body", "a number is too large for a 64-bit float") from None
         raise InvalidInput("body", f"not valid JSON (UTF-8): {reason} at line {error.lineno} "
                            f"column {error.colno}") from None
-    if _LONG_NUMBER.search(body):
-        _check_integers(body)
     _check_depth(document)
     return document
-
-
-def _check_integers(body: bytes) -> None:
-    def parse_int(text: str) -> int:
-        value = int(text)
-        if not -(1 << 63) <= value < (1 << 64):
-            raise InvalidInput("body", f"the integer {text[:30]}{'...' if len(text) > 30 else ''}"
-                               " does not fit in 64 bits; send it as a string")
-        return value
-
-    try:
-        json.loads(body, parse_int=parse_int)
-    except RecursionError:
-        raise InvalidInput("body", f"JSON nested deeper than {MAX_DEPTH} levels") from None
 
 
 def _check_depth(document: Any) -> None:

@@ -49,12 +49,12 @@ class OpenStreams:
 
     def open(self, client: str, settings: Settings) -> None:
         """Count one more stream for `client`, or raise 503/429 with Retry-After."""
-        if self.total >= settings.max_streams:
+        if settings.max_streams and self.total >= settings.max_streams:
             raise InvalidInput("streams", f"this server has {self.total} open streams, its "
                                "limit; retry later or elsewhere", status=503,
                                headers={"Retry-After": "5"})
         mine = self.by_client.get(client, 0)
-        if mine >= settings.max_streams_per_client:
+        if settings.max_streams_per_client and mine >= settings.max_streams_per_client:
             raise InvalidInput("streams", f"{mine} streams are open from {client}, the limit "
                                "per client address", status=429, headers={"Retry-After": "5"})
         self.total += 1

@@ -76,9 +76,13 @@ class Settings:
                                                        "(or *)"})
     cors_credentials: bool = field(default=False,
                                    metadata={"help": "allow cookies/credentials on CORS requests"})
-    max_streams: int = field(default=10000, metadata={"help": "open streams per process"})
-    max_streams_per_client: int = field(default=100,
-                                        metadata={"help": "open streams per client address"})
+    max_streams: int = field(default=10000,
+                             metadata={"help": "open streams per process (0: no limit)"})
+    # Off by default: behind a proxy that is not in trusted_proxies every
+    # client has the proxy's address, and a per-address limit would cap them all.
+    max_streams_per_client: int = field(default=0,
+                                        metadata={"help": "open streams per client address "
+                                                          "(0: no limit)"})
     max_query: int = field(default=8192, metadata={"help": "bytes of query string accepted"})
 
     @classmethod

@@ -160,15 +160,13 @@ async def test_body_size_items_and_hostile_json(start_server: StartServer,
     items = [{"type": "t", "data": n} for n in range(1001)]
     assert_problem(await request(server, "POST", path, json=items), 400, "body")
     cases = {
-        b'{"type":"t","data":123456789012345678901234567890}': "64 bits",
-        b'{"type":"t","data":-9223372036854775809}': "64 bits",
         b'{"type":"t","data":1e400}': "too large",
         b'{"type":"t","data":' + b"[" * 2000 + b"]" * 2000 + b"}": "nested",
         # Parsable, but deeper than orjson can write back (254 levels).
         b'{"type":"t","data":' + b"[" * 300 + b"]" * 300 + b"}": "nested",
         b'{"type":"t","data":' + b'{"a":' * 200 + b"1" + b"}" * 200 + b"}": "nested",
-        b'{"type":"t","data":"a\\u0000b"}': "NUL",
-        b'{"type":"t","data":{"\\u0000":1}}': "NUL",
+        b'{"type":"t","data":"a\\u0000b"}': "u0000",
+        b'{"type":"t","data":{"\\u0000":1}}': "u0000",
         b'{"type":"t","data":"\xff\xfe"}': "UTF-8",
         b'{"type":"t","data":"\\ud800"}': "surrogate",
         b'{"type":"t\\r\\nevent: x","data":1}': "type",
@@ -177,9 +175,10 @@ async def test_body_size_items_and_hostile_json(start_server: StartServer,
     }
     for raw, words in cases.items():
         body = assert_problem(await request(server, "POST", path, data=raw), 400,
-                              "body.type" if words in ("type", "reserved") else "body")
+                              "body.type" if words in ("type", "reserved") else
+                              "body.data" if words == "u0000" else "body")
         assert words in body["detail"], (raw[:40], body)
-    # Integers that fit in 64 bits, and long decimals, are fine.
+    # Deep but not too deep, 64-bit integers and long decimals are fine.
     ok = b'[{"type":"t","data":' + b"[" * 120 + b"]" * 120 + b'},{"type":"t","data":18446744073709551615},{"type":"t","data":-9223372036854775808},' \
          b'{"type":"t","data":0.12345678901234567890123}]'
     code, _, body = await request(server, "POST", path, data=ok)
