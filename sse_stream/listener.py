@@ -17,6 +17,8 @@ from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 CHANNEL = "sse_stream"
+# Shown in pg_stat_activity: the LISTEN connection, apart from the pool.
+APPLICATION_NAME = "sse-stream-listener"
 
 
 class Listener:
@@ -56,7 +58,8 @@ class Listener:
                 # swallows a cancellation that arrives as the awaited call
                 # ends, and stop() would then wait for this task forever.
                 async with asyncio.timeout(10):
-                    connection = await asyncpg.connect(self.dsn)
+                    connection = await asyncpg.connect(
+                        self.dsn, server_settings={"application_name": APPLICATION_NAME})
                 self._connection = connection
                 connection.add_termination_listener(lambda _: lost.set())
                 await connection.add_listener(CHANNEL, self._notified)

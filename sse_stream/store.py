@@ -23,6 +23,10 @@ from .queries import query
 
 log = logging.getLogger(__name__)
 
+# Shown in pg_stat_activity, so an operator (or a fault test) can tell the
+# server's pool from other clients.
+APPLICATION_NAME = "sse-stream"
+
 # Errors that mean "the database is not there right now", not "bad query".
 _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                 asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
@@ -90,12 +94,14 @@ class EventStore:
         self.replica_reads = 0
 
     async def open(self) -> None:
+        settings = {"application_name": APPLICATION_NAME}
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                               command_timeout=60, reset=_reset)
+                                               command_timeout=60, reset=_reset,
+                                               server_settings=settings)
         if self.replica_dsn:
             self._replica = await asyncpg.create_pool(self.replica_dsn, min_size=1,
                                                       max_size=self.pool_size, command_timeout=60,
-                                                      reset=_reset)
+                                                      reset=_reset, server_settings=settings)
 
     async def close(self) -> None:
         for pool in (self._pool, self._replica):
