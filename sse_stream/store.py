@@ -28,9 +28,13 @@ log = logging.getLogger(__name__)
 APPLICATION_NAME = "sse-stream"
 
 # Errors that mean "the database is not there right now", not "bad query".
+# InternalClientError is what asyncpg raises when a backend is terminated
+# while a statement is being prepared: the connection is left mid-operation
+# and the retry asyncpg makes on it fails. Left untranslated it would end the
+# hub's read loop, and with it every live stream.
 _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                 asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
-                asyncpg.ConnectionDoesNotExistError, TimeoutError)
+                asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError, TimeoutError)
 
 
 @dataclass(frozen=True)
