@@ -1,0 +1,488 @@
+"""Soak: many filtered subscribers, flaky connections, concurrent writers with
+rollbacks and periodic listener kills, for a bounded time; then every
+subscriber's received sequence is checked against the table.
+
+    python benchmarks/soak.py                      # 10 minutes, embedded PostgreSQL
+    python benchmarks/soak.py --duration 60 --subscribers 100
+    python benchmarks/soak.py --dsn postgresql://... --json
+
+It starts a real `sse-stream serve` process (and an embedded PostgreSQL when
+no --dsn is given) and stops both by PID at the end. Each subscriber picks
+streams (exact names, `*` and `>` patterns, lists), optionally a type glob
+and a data filter, starts at position 0 and reads; now and then it hangs up
+(often in the middle of a frame) and resumes with Last-Event-ID. Writers
+publish 1 to 5 events per transaction to several streams, hold the
+transaction open a few milliseconds so commits land out of id order, and
+roll back about 15% of them. Every --kill-every seconds the server's LISTEN
+backend is terminated (pg_terminate_backend; with --dsn this hits every
+sse-stream listener on that database).
+
+At the end the writers stop, every subscriber reads until it has as many
+events as the table holds for its filter (bounded), and its sequence must
+equal the table's: exactly once, in (xid, id) order. The filters are
+evaluated here in Python, independently of the server's own code. The report
+gives events checked, reconnects, listener kills and the server's peak RSS;
+the exit status is 0 only if nothing was lost, doubled or reordered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+import asyncpg
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sse_stream.embedded import EmbeddedPostgres  # noqa: E402
+from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME  # noqa: E402
+from sse_stream.migrate import migrate_dsn  # noqa: E402
+
+Predicate = Callable[[str, str, Any], bool]  # (stream, type, data) -> matches
+TAGS = ("red", "green", "blue")
+
+
+# -- what subscribers ask for ---------------------------------------------------
+
+
+def _number(data: Any, key: str) -> float | None:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _text(data: Any, key: str) -> str | None:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def stream_choices(prefix: str) -> list[tuple[str, Predicate]]:
+    a, b, c = f"{prefix}.a", f"{prefix}.b", f"{prefix}.c"
+    return [
+        (f"{prefix}.>", lambda s, t, d: True),
+        (a, lambda s, t, d: s == a),
+        (f"{a},{b}", lambda s, t, d: s in (a, b)),
+        (f"{c}.*", lambda s, t, d: s.startswith(c + ".")),
+        (f"{prefix}.*", lambda s, t, d: s.count(".") == 1),
+        (f"{b},{c}.>", lambda s, t, d: s == b or s.startswith(c + ".")),
+    ]
+
+
+TYPE_CHOICES: list[tuple[str, Predicate]] = [
+    ("", lambda s, t, d: True),
+    ("type=order.*", lambda s, t, d: t.startswith("order.")),
+    ("type=audit", lambda s, t, d: t == "audit"),
+]
+
+
+def _k(d: Any) -> float | None:
+    return _number(d, "k")
+
+
+DATA_CHOICES: list[tuple[str, Predicate]] = [
+    ("", lambda s, t, d: True),
+    ("data.k=eq.3", lambda s, t, d: _k(d) == 3),
+    ("data.k=gt.6", lambda s, t, d: (k := _k(d)) is not None and k > 6),
+    ("data.k=in.(1,2,5)", lambda s, t, d: _k(d) in (1, 2, 5)),
+    ("data.k=not.in.(0,1)", lambda s, t, d: _k(d) not in (0, 1)),
+    ("data.tag=eq.red", lambda s, t, d: _text(d, "tag") == "red"),
+    ("data.opt=is.null", lambda s, t, d: not isinstance(d, dict) or d.get("opt") is None),
+    ("or=(data.k.lt.2,data.tag.eq.blue)",
+     lambda s, t, d: ((k := _k(d)) is not None and k < 2) or _text(d, "tag") == "blue"),
+    ("data.k=gte.5&data.tag=neq.green",
+     lambda s, t, d: (k := _k(d)) is not None and k >= 5 and _text(d, "tag") != "green"),
+]
+
+
+@dataclass
+class Subscriber:
+    number: int
+    path: str                    # /streams/...?... (with last_event_id=0)
+    matches: Predicate
+    rng: random.Random
+    received: list[str] = field(default_factory=list)   # positions of events, in order
+    last_id: str = ""
+    connections: int = 0
+    errors: int = 0
+    target: int | None = None
+    settling: bool = False       # the end: stop hanging up on purpose
+
+    def done(self) -> bool:
+        return self.target is not None and len(self.received) >= self.target
+
+
+def make_subscriber(number: int, prefix: str, rng: random.Random) -> Subscriber:
+    streams, by_stream = rng.choice(stream_choices(prefix))
+    type_query, by_type = rng.choice(TYPE_CHOICES)
+    data_query, by_data = rng.choice(DATA_CHOICES)
+    query = "&".join(q for q in ("last_event_id=0", type_query, data_query) if q)
+
+    def matches(s: str, t: str, d: Any) -> bool:
+        return by_stream(s, t, d) and by_type(s, t, d) and by_data(s, t, d)
+
+    return Subscriber(number, f"/streams/{streams}?{query}", matches,
+                      random.Random(rng.random()))
+
+
+# -- the client side ------------------------------------------------------------
+
+
+def parse_frames(buffer: bytes, subscriber: Subscriber) -> bytes:
+    """Consume the complete frames in `buffer`; return the incomplete rest.
+
+    The server writes LF line ends only, so a frame ends at a blank line. As
+    in a browser, a frame's id becomes the last event id when the frame is
+    complete, whether or not it carries data.
+    """
+    *frames, rest = buffer.split(b"\n\n")
+    for frame in frames:
+        frame_id: bytes | None = None
+        has_data = False
+        for line in frame.split(b"\n"):
+            if line.startswith(b"id:"):
+                frame_id = line[4:] if line.startswith(b"id: ") else line[3:]
+            elif line.startswith(b"data:"):
+                has_data = True
+        if frame_id is not None:
+            subscriber.last_id = frame_id.decode()
+            if has_data:
+                subscriber.received.append(subscriber.last_id)
+    return rest
+
+
+async def subscribe(subscriber: Subscriber, base: str, session: aiohttp.ClientSession,
+                    stop: asyncio.Event, mean_session: float) -> None:
+    rng = subscriber.rng
+    while not subscriber.done() and not (stop.is_set() and subscriber.target is None):
+        headers = {"Last-Event-ID": subscriber.last_id} if subscriber.last_id else {}
+        subscriber.connections += 1
+        hang_up_at = (time.monotonic() + rng.expovariate(1 / mean_session)
+                      if not subscriber.settling else float("inf"))
+        try:
+            async with session.get(base + subscriber.path, headers=headers) as response:
+                if response.status != 200:
+                    subscriber.errors += 1
+                    await asyncio.sleep(0.2 + rng.random())
+                    continue
+                buffer = b""
+                async for chunk in response.content.iter_any():
+                    buffer = parse_frames(buffer + chunk, subscriber)
+                    if subscriber.done():
+                        return
+                    if time.monotonic() > hang_up_at and not subscriber.settling:
+                        break  # hang up, often in the middle of a frame
+        except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError):
+            subscriber.errors += 1
+        await asyncio.sleep(rng.uniform(0, 0.3))
+
+
+# -- writers and faults ---------------------------------------------------------
+
+
+@dataclass
+class WriterStats:
+    committed: int = 0
+    rolled_back: int = 0
+    events: int = 0
+    failures: int = 0
+
+
+async def write(dsn: str, prefix: str, seed: int, stop: asyncio.Event, rate: float,
+                stats: WriterStats) -> None:
+    """Transactions of 1-5 events at about `rate` events per second."""
+    rng = random.Random(seed)
+    streams = [f"{prefix}.a", f"{prefix}.b", f"{prefix}.c.x", f"{prefix}.c.y"]
+    types = ["order.created", "order.paid", "audit"]
+    connection: asyncpg.Connection | None = None
+    try:
+        while not stop.is_set():
+            count = rng.randint(1, 5)
+            try:
+                if connection is None:
+                    connection = await asyncio.wait_for(asyncpg.connect(dsn), 10)
+                transaction = connection.transaction()
+                await transaction.start()
+                for _ in range(count):
+                    data: dict[str, Any] = {"k": rng.randint(0, 9), "tag": rng.choice(TAGS),
+                                            "w": seed, "pad": "x" * rng.randint(0, 300)}
+                    if rng.random() < 0.5:
+                        data["opt"] = rng.choice([None, "set"])
+                    await connection.execute(
+                        "SELECT sse_stream.publish($1, $2, $3::text::jsonb)",
+                        rng.choice(streams), rng.choice(types), orjson.dumps(data).decode())
+                # Held open so that commits land out of id order.
+                await connection.execute("SELECT pg_sleep($1)", rng.uniform(0, 0.02))
+                if rng.random() < 0.15:
+                    await transaction.rollback()
+                    stats.rolled_back += 1
+                else:
+                    await transaction.commit()
+                    stats.committed += 1
+                    stats.events += count
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                stats.failures += 1
+                if connection is not None:
+                    connection.terminate()
+                    connection = None
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(rng.expovariate(rate / 3))
+    finally:
+        if connection is not None:
+            await connection.close()
+
+
+async def kill_listeners(dsn: str, every: float, stop: asyncio.Event) -> int:
+    kills = 0
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every)
+            break
+        except asyncio.TimeoutError:
+            pass
+        connection = await asyncpg.connect(dsn)
+        try:
+            kills += await connection.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = $1", LISTENER_NAME)
+        finally:
+            await connection.close()
+    return kills
+
+
+# -- the server process ---------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """`sse-stream serve` as a child process, stopped by its PID."""
+
+    def __init__(self, dsn: str, port: int, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log
+        self.log = log.open("wb")
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sse_stream.cli", "serve", "--dsn", dsn, "--host", "127.0.0.1",
+             "--port", str(port), "--heartbeat", "1", "--no-migrate"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    async def ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the server exited; see {self.log_path}")
+                try:
+                    async with session.get(self.url + "/readyz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the server did not get ready")
+                await asyncio.sleep(0.1)
+
+    def peak_rss(self) -> int:
+        """The process's peak resident set size in bytes (VmHWM)."""
+        return _status_kib(self.process.pid, "VmHWM") * 1024
+
+    def rss(self) -> int:
+        return _status_kib(self.process.pid, "VmRSS") * 1024
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self.log.close()
+
+    def errors(self) -> list[str]:
+        text = self.log_path.read_text(errors="replace")
+        return [line for line in text.splitlines()
+                if "Traceback" in line or "ERROR" in line or "never retrieved" in line]
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- the run ----------------------------------------------------------------------
+
+
+async def table_events(dsn: str, prefix: str) -> list[tuple[str, str, str, Any]]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT xid::text || '-' || id AS position, stream, type, data::text AS data"
+            " FROM sse_stream.events WHERE starts_with(stream, $1) ORDER BY xid, id",
+            prefix + ".")
+    finally:
+        await connection.close()
+    return [(r["position"], r["stream"], r["type"], orjson.loads(r["data"])) for r in rows]
+
+
+def compare(received: list[str], expected: list[str]) -> dict[str, int]:
+    seen = set(received)
+    return {"lost": sum(1 for p in expected if p not in seen),
+            "doubled": len(received) - len(seen),
+            "unexpected": len(seen - set(expected)),
+            "reordered": int(received != expected and len(received) == len(expected)
+                             and sorted(received) == sorted(expected))}
+
+
+async def run(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, Any]:
+    await migrate_dsn(dsn)
+    rng = random.Random(args.seed)
+    prefix = "soak" + uuid.uuid4().hex[:8]
+    server = Server(dsn, args.port or free_port(), workdir / "serve.log")
+    try:
+        await server.ready()
+        subscribers = [make_subscriber(n, prefix, rng) for n in range(args.subscribers)]
+        stop = asyncio.Event()
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=15)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            readers = [asyncio.create_task(subscribe(s, server.url, session, stop,
+                                                     args.mean_session))
+                       for s in subscribers]
+            writer_stats = [WriterStats() for _ in range(args.writers)]
+            writers = [asyncio.create_task(write(dsn, prefix, args.seed * 100 + n, stop,
+                                                 args.rate / args.writers, writer_stats[n]))
+                       for n in range(args.writers)]
+            killer = asyncio.create_task(kill_listeners(dsn, args.kill_every, stop))
+            started = time.monotonic()
+            rss_samples = []
+            while time.monotonic() - started < args.duration:
+                await asyncio.sleep(min(5.0, args.duration))
+                rss_samples.append(server.rss())
+                if not args.json:
+                    events = sum(w.events for w in writer_stats)
+                    print(f"{time.monotonic() - started:6.0f} s  events {events:8d}  "
+                          f"rss {server.rss() / 2**20:6.1f} MiB", flush=True)
+            stop.set()
+            await asyncio.gather(*writers)
+            kills = await killer
+
+            # The end: every subscriber reads until it has what the table has.
+            table = await table_events(dsn, prefix)
+            expected: dict[int, list[str]] = {}
+            for subscriber in subscribers:
+                expected[subscriber.number] = [p for p, s, t, d in table if subscriber.matches(s, t, d)]
+                subscriber.settling = True
+                subscriber.target = len(expected[subscriber.number])
+            settle_started = time.monotonic()
+            _, pending = await asyncio.wait(readers, timeout=args.settle)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            settle = time.monotonic() - settle_started
+
+        totals = {"lost": 0, "doubled": 0, "unexpected": 0, "reordered": 0}
+        failed = []
+        for subscriber in subscribers:
+            want = expected[subscriber.number]
+            if subscriber.received != want:
+                result = compare(subscriber.received, want)
+                for key, value in result.items():
+                    totals[key] += value
+                failed.append({"subscriber": subscriber.number, "path": subscriber.path,
+                               "received": len(subscriber.received), "expected": len(want),
+                               **result})
+        report: dict[str, Any] = {
+            "duration_s": args.duration,
+            "subscribers": len(subscribers),
+            "writers": args.writers,
+            "transactions_committed": sum(w.committed for w in writer_stats),
+            "transactions_rolled_back": sum(w.rolled_back for w in writer_stats),
+            "events_committed": len(table),
+            "events_checked": sum(len(v) for v in expected.values()),
+            "events_received": sum(len(s.received) for s in subscribers),
+            "reconnects": sum(s.connections for s in subscribers) - len(subscribers),
+            "connection_errors": sum(s.errors for s in subscribers),
+            "listener_kills": kills,
+            "settle_s": round(settle, 1),
+            "server_rss_first_mib": round(rss_samples[0] / 2**20, 1) if rss_samples else None,
+            "server_rss_last_mib": round(server.rss() / 2**20, 1),
+            "server_peak_rss_mib": round(server.peak_rss() / 2**20, 1),
+            **totals,
+            "failed_subscribers": len(failed),
+            "failures": failed[:10],
+        }
+    finally:
+        server.stop()
+    report["server_errors"] = server.errors()[:20]
+    report["ok"] = not failed and not report["server_errors"] and report["events_checked"] > 0
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=600, help="seconds of load (default 600)")
+    parser.add_argument("--subscribers", type=int, default=300)
+    parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=150, help="events per second, all writers")
+    parser.add_argument("--mean-session", type=float, default=8.0,
+                        help="mean seconds a subscriber stays connected before hanging up")
+    parser.add_argument("--kill-every", type=float, default=10.0,
+                        help="seconds between listener kills")
+    parser.add_argument("--settle", type=float, default=120.0,
+                        help="seconds allowed at the end for subscribers to catch up")
+    parser.add_argument("--dsn", help="PostgreSQL to use (default: an embedded one)")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="sse-stream-soak-"))
+    embedded = None
+    try:
+        dsn = args.dsn
+        if dsn is None:
+            embedded = EmbeddedPostgres(workdir / "pgdata", fast=True)
+            dsn = embedded.start()
+        started = time.monotonic()
+        report = asyncio.run(run(args, dsn, workdir))
+        report["wall_s"] = round(time.monotonic() - started, 1)
+    finally:
+        if embedded is not None:
+            embedded.stop("fast")
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        width = max(len(key) for key in report)
+        for key, value in report.items():
+            print(f"{key:<{width}}  {value}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
