@@ -111,8 +111,10 @@ class EmbeddedPostgres:
         """A streaming hot standby of this server (pg_basebackup -R), not started."""
         standby = EmbeddedPostgres(data_dir, fast=self.fast)
         standby._prepare_dir()
-        self._run("pg_basebackup", "-R", "-X", "stream", "-D", str(standby.data_dir),
-                  "-d", f"host=127.0.0.1 port={self.port} user=postgres")
+        # A fast checkpoint: the default spreads it over most of
+        # checkpoint_timeout, minutes when many buffers are dirty.
+        self._run("pg_basebackup", "-R", "-X", "stream", "-c", "fast",
+                  "-D", str(standby.data_dir), "-d", f"host=127.0.0.1 port={self.port} user=postgres")
         return standby
 
     def stop(self, mode: str = "fast") -> None:
