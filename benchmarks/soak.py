@@ -235,7 +235,8 @@ async def write(dsn: str, prefix: str, seed: int, stop: asyncio.Event, rate: flo
                     await transaction.commit()
                     stats.committed += 1
                     stats.events += count
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    asyncpg.InternalClientError):
                 stats.failures += 1
                 if connection is not None:
                     connection.terminate()

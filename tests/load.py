@@ -64,7 +64,7 @@ class Writer:
                     await self._transaction(connection)
                     self.transactions += 1
                 except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                        asyncpg.InterfaceError):
+                        asyncpg.InterfaceError, asyncpg.InternalClientError):
                     # The database is restarting or killed this backend:
                     # what the transaction wrote is in the table or not at all.
                     self.failures += 1
