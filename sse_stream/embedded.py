@@ -117,6 +117,10 @@ class EmbeddedPostgres:
                   "-D", str(standby.data_dir), "-d", f"host=127.0.0.1 port={self.port} user=postgres")
         return standby
 
+    def promote(self) -> None:
+        """Make a standby a primary, as a failover does."""
+        self._run("pg_ctl", "-w", "-t", "60", "-D", str(self.data_dir), "promote")
+
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-w", "-D", str(self.data_dir), "-m", mode, "stop", check=False)
 
