@@ -167,9 +167,10 @@ def parse_frames(buffer: bytes, subscriber: Subscriber) -> bytes:
 
 
 async def subscribe(subscriber: Subscriber, base: str, session: aiohttp.ClientSession,
-                    stop: asyncio.Event, mean_session: float) -> None:
+                    mean_session: float) -> None:
     rng = subscriber.rng
-    while not subscriber.done() and not (stop.is_set() and subscriber.target is None):
+    # It reads on after the writers stop, until the end sets its target.
+    while not subscriber.done():
         headers = {"Last-Event-ID": subscriber.last_id} if subscriber.last_id else {}
         subscriber.connections += 1
         hang_up_at = (time.monotonic() + rng.expovariate(1 / mean_session)
@@ -323,8 +324,9 @@ class Server:
         self.log.close()
 
     def errors(self) -> list[str]:
-        text = self.log_path.read_text(errors="replace")
-        return [line for line in text.splitlines()
+        """Each error the server logged, with the lines that follow it."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return ["\n".join(lines[n:n + 40]) for n, line in enumerate(lines)
                 if "Traceback" in line or "ERROR" in line or "never retrieved" in line]
 
 
@@ -371,8 +373,7 @@ async def run(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, An
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=15)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            readers = [asyncio.create_task(subscribe(s, server.url, session, stop,
-                                                     args.mean_session))
+            readers = [asyncio.create_task(subscribe(s, server.url, session, args.mean_session))
                        for s in subscribers]
             writer_stats = [WriterStats() for _ in range(args.writers)]
             writers = [asyncio.create_task(write(dsn, prefix, args.seed * 100 + n, stop,
