@@ -79,7 +79,10 @@ class Listener:
                             await connection.fetchval("SELECT 1")
             except asyncio.CancelledError:
                 raise
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            # InternalClientError: asyncpg's answer when the backend is
+            # terminated while a statement (the health check) is prepared.
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    asyncpg.InternalClientError) as error:
                 log.warning("listener connection lost: %s", error or type(error).__name__)
             finally:
                 if self.connected:
