@@ -10,6 +10,7 @@ received with the table.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 
 import asyncpg
@@ -18,7 +19,7 @@ import pytest
 from conftest import StartServer, publish
 from load import Follower, Writer, table_ids
 from raw import RawStream
-from sse import envelope
+from sse import envelope, open_stream
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.handlers import HUB, LISTENER
 from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME
@@ -192,3 +193,22 @@ async def test_network_stall_longer_than_the_heartbeat(start_server: StartServer
         assert subscription.live and not client.ended
     finally:
         client.close()
+
+
+async def test_listener_survives_kills_during_its_health_check(
+        start_server: StartServer, dsn: str, db: asyncpg.Connection, stream: str) -> None:
+    """Killed again and again, some kills landing on its health check."""
+    # A health check every 2 ms, and no polling: only the doorbell delivers.
+    server = await start_server(listener_keepalive=0.002, poll_interval=60)
+    listener = server.app[LISTENER]
+    rng = random.Random(5)
+    async with open_stream(str(server.make_url(f"/streams/{stream}"))) as sse:
+        await sse.until(lambda parser: parser.last_event_id != "")
+        for _ in range(60):
+            await _eventually(lambda: listener.connected)
+            await asyncio.sleep(rng.uniform(0, 0.01))
+            await terminate_backends(dsn, LISTENER_NAME)
+        await _eventually(lambda: listener.connected)
+        first = await publish(db, stream, "t", {})
+        assert envelope(await sse.next(timeout=5))["id"] == first
+    assert listener.reconnects >= 30
