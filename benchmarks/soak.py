@@ -22,7 +22,8 @@ events as the table holds for its filter (bounded), and its sequence must
 equal the table's: exactly once, in (xid, id) order. The filters are
 evaluated here in Python, independently of the server's own code. The report
 gives events checked, reconnects, listener kills and the server's peak RSS;
-the exit status is 0 only if nothing was lost, doubled or reordered.
+the exit status is 0 only if nothing was lost, doubled or reordered, the
+server logged no error, and every listener kill found a listener.
 """
 
 from __future__ import annotations
@@ -249,14 +250,20 @@ async def write(dsn: str, prefix: str, seed: int, stop: asyncio.Event, rate: flo
             await connection.close()
 
 
-async def kill_listeners(dsn: str, every: float, stop: asyncio.Event) -> int:
-    kills = 0
+async def kill_listeners(dsn: str, every: float, stop: asyncio.Event) -> tuple[int, int]:
+    """Terminate the LISTEN backend every `every` s; (attempts, backends killed).
+
+    An attempt that finds no listener means it had not reconnected since the
+    last kill: a few seconds later it always should have.
+    """
+    attempts = kills = 0
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), every)
             break
         except asyncio.TimeoutError:
             pass
+        attempts += 1
         connection = await asyncpg.connect(dsn)
         try:
             kills += await connection.fetchval(
@@ -264,7 +271,7 @@ async def kill_listeners(dsn: str, every: float, stop: asyncio.Event) -> int:
                 " WHERE application_name = $1", LISTENER_NAME)
         finally:
             await connection.close()
-    return kills
+    return attempts, kills
 
 
 # -- the server process ---------------------------------------------------------
@@ -391,7 +398,7 @@ async def run(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, An
                           f"rss {server.rss() / 2**20:6.1f} MiB", flush=True)
             stop.set()
             await asyncio.gather(*writers)
-            kills = await killer
+            attempts, kills = await killer
 
             # The end: every subscriber reads until it has what the table has.
             table = await table_events(dsn, prefix)
@@ -430,6 +437,7 @@ async def run(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, An
             "reconnects": sum(s.connections for s in subscribers) - len(subscribers),
             "connection_errors": sum(s.errors for s in subscribers),
             "listener_kills": kills,
+            "listener_kill_attempts": attempts,
             "settle_s": round(settle, 1),
             "server_rss_first_mib": round(rss_samples[0] / 2**20, 1) if rss_samples else None,
             "server_rss_last_mib": round(server.rss() / 2**20, 1),
@@ -441,7 +449,8 @@ async def run(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, An
     finally:
         server.stop()
     report["server_errors"] = server.errors()[:20]
-    report["ok"] = not failed and not report["server_errors"] and report["events_checked"] > 0
+    report["ok"] = (not failed and not report["server_errors"] and report["events_checked"] > 0
+                    and report["listener_kills"] == report["listener_kill_attempts"])
     return report
 
 
