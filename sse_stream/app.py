@@ -57,9 +57,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     listener.start()
     # What exists by now (modules, classes, the app: about 55 000 objects)
     # lives as long as the process. Frozen, it is left out of the collector's
-    # full collections, which otherwise walk it each time: during a large
-    # replay those ran about twenty times a minute and paused the loop for
-    # 40 to 150 ms each on a loaded machine (tests/test_lag.py).
+    # full collections, which otherwise walk it each time: a replay of
+    # 600 000 events ran about twenty of them, each pausing the loop for 40
+    # to 150 ms on a loaded machine (tests/test_lag.py).
     gc.freeze()
     if retention is not None:
         retention.start()
