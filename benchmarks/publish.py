@@ -37,7 +37,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ import asyncpg  # noqa: E402
 import orjson  # noqa: E402
 
 from sse_stream.client import SseParser  # noqa: E402
+from sse_stream.embedded import free_port  # noqa: E402
 from sse_stream.migrate import migrate_dsn  # noqa: E402
 
 PROBE_STREAM = "bench-probe"
@@ -73,12 +73,6 @@ class Result:
     server_cpu_us_per_event: float = 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 def _session_dsn(dsn: str, notify: bool) -> str:
     """The DSN with sse_stream.notify = off as a session setting, if asked."""
@@ -91,7 +85,7 @@ class Server:
     """`sse-stream serve` as a subprocess on 127.0.0.1."""
 
     def __init__(self, dsn: str, poll_interval: float, log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log.open("ab")
         self.process = subprocess.Popen(

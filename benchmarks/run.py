@@ -23,7 +23,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from loadgen import SseConnection, connect, connect_many, percentile, raise_open_files  # noqa: E402
+from sse_stream.embedded import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -55,12 +55,6 @@ FROM generate_series($2::bigint, $3::bigint) AS s
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 # -- processes --------------------------------------------------------------------
 
@@ -69,7 +63,7 @@ class ServerProcess:
     """`python -m sse_stream.cli serve` on 127.0.0.1, measured through /proc."""
 
     def __init__(self, dsn: str, log: Path, *extra: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = log.open("ab")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(

@@ -35,7 +35,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sse_stream.embedded import EmbeddedPostgres  # noqa: E402
+from sse_stream.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME  # noqa: E402
 from sse_stream.migrate import migrate_dsn  # noqa: E402
 
@@ -276,12 +275,6 @@ async def kill_listeners(dsn: str, every: float, stop: asyncio.Event) -> tuple[i
 
 # -- the server process ---------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Server:

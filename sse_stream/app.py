@@ -21,7 +21,7 @@ from .errors import DatabaseUnavailable
 from .handlers import HUB, LISTENER, REGISTRY, SETTINGS, STORE
 from .auth import AccessPolicy
 from .errors import InvalidInput
-from .handlers import ACCESS, HUB, LISTENER, OPEN_STREAMS, SETTINGS, STORE, OpenStreams
+from .handlers import ACCESS, OPEN_STREAMS, OpenStreams
 from .hub import Hub
 from .listener import Listener
 from .metrics import HubCollector

@@ -33,7 +33,8 @@ def _binaries() -> Path:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -93,7 +94,7 @@ class EmbeddedPostgres:
             self._run("initdb", "--auth=trust", "--encoding=UTF8", "--no-locale",
                       "-U", "postgres", "-D", str(self.data_dir))
         if self.port == 0:
-            self.port = _free_port()
+            self.port = free_port()
         options = [f"-p {self.port}", "-h 127.0.0.1", f"-k {self.data_dir}",
                    "-c max_connections=300", "-c idle_in_transaction_session_timeout=60000"]
         if self.fast:

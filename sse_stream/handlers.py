@@ -7,7 +7,6 @@ application/problem+json response by `problem_middleware`.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal

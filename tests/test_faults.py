@@ -25,7 +25,8 @@ from sse_stream.handlers import HUB, LISTENER
 from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME
 from sse_stream.store import APPLICATION_NAME as POOL_NAME
 from test_resilience import _eventually
-from test_serve import ServerProcess, _free_port, serve  # noqa: F401 (the serve fixture)
+from sse_stream.embedded import free_port
+from test_serve import ServerProcess, serve  # noqa: F401 (the serve fixture)
 
 
 async def terminate_backends(dsn: str, application_name: str) -> int:
@@ -97,7 +98,7 @@ async def test_database_fault_mid_stream(fault: str, request: pytest.FixtureRequ
 
 
 async def test_server_killed_mid_stream(serve, dsn: str, stream: str) -> None:  # noqa: F811
-    port = _free_port()
+    port = free_port()
     server: ServerProcess = serve(port)
     await server.ready()
     url = f"{server.url}/streams/{stream}"

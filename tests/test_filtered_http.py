@@ -3,7 +3,6 @@ bad filters."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 

@@ -25,7 +25,6 @@ from conftest import StartServer
 from sse import Message, Stream, open_stream
 from sse_stream.events import parse_position
 from sse_stream.filters import parse_data_filters
-from sse_stream.handlers import HUB
 from sse_stream.patterns import parse_type_filter
 from test_filters import Pairs, documents, dump, filter_pairs, leaves
 

@@ -11,7 +11,8 @@ import asyncpg
 import pytest
 
 from conftest import publish
-from test_serve import ROOT, ServerProcess, _free_port
+from sse_stream.embedded import free_port
+from test_serve import ROOT, ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -38,7 +39,7 @@ async def test_live_page_shows_events_and_resumes_after_restart(
         dsn: str, db: asyncpg.Connection, stream: str, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
-    port = _free_port()
+    port = free_port()
     server = ServerProcess(dsn, port, tmp_path / "serve.log", "--retry", "200")
     try:
         await server.ready()

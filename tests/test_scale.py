@@ -21,7 +21,8 @@ import asyncpg
 
 from conftest import StartServer
 from sse import Stream, envelope, open_stream
-from test_serve import ServerProcess, _free_port
+from sse_stream.embedded import free_port
+from test_serve import ServerProcess
 
 PUBLISH_RANGE = """
 INSERT INTO sse_stream.events (stream, type, data)
@@ -176,7 +177,7 @@ def _sockets_held(pid: int, inodes: set[str]) -> int:
 
 async def test_serve_two_workers_share_the_port_and_stop_on_sigterm(
         dsn: str, db: asyncpg.Connection, stream: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = ServerProcess(dsn, port, tmp_path / "serve.log", "--workers", "2")
     try:
         await server.ready()

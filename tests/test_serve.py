@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import zipfile
@@ -18,15 +17,10 @@ import pytest
 
 from conftest import publish
 from sse import envelope, open_stream
+from sse_stream.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServerProcess:
@@ -82,7 +76,7 @@ def serve(dsn: str, tmp_path: Path) -> Iterator[object]:
 
 async def test_sigterm_ends_streams_cleanly_and_restart_resumes(serve, db: asyncpg.Connection,
                                                                 stream: str) -> None:
-    port = _free_port()
+    port = free_port()
     server = serve(port)
     await server.ready()
     url = f"{server.url}/streams/{stream}"

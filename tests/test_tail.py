@@ -13,7 +13,8 @@ import asyncpg
 import orjson
 
 from conftest import publish
-from test_serve import ROOT, ServerProcess, _free_port
+from sse_stream.embedded import free_port
+from test_serve import ROOT, ServerProcess
 from sse_stream.client import ControlEvent, StreamEvent
 from sse_stream.tail import format_line, parse_target, read_state, write_state
 
@@ -60,7 +61,7 @@ class TailProcess:
 
 async def test_tail_resumes_across_server_restart_and_its_own(
         dsn: str, db: asyncpg.Connection, stream: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = ServerProcess(dsn, port, tmp_path / "serve.log", "--retry", "100")
     tails: list[TailProcess] = []
     try:
