@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
-
 from typing import Any
 
 import orjson
@@ -17,17 +15,25 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import handlers
-from .errors import DatabaseUnavailable
-from .handlers import HUB, LISTENER, REGISTRY, SETTINGS, STORE
 from .auth import AccessPolicy
-from .errors import InvalidInput
-from .handlers import ACCESS, OPEN_STREAMS, OpenStreams
+from .errors import DatabaseUnavailable, InvalidInput
+from .handlers import (
+    ACCESS,
+    HUB,
+    LISTENER,
+    OPEN_STREAMS,
+    REGISTRY,
+    SETTINGS,
+    STORE,
+    OpenStreams,
+)
 from .hub import Hub
 from .listener import Listener
 from .metrics import HubCollector
 from .retention import Retention, parse_age
 from .settings import Settings
 from .store import EventStore
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 # What the metrics collector reads at scrape time, filled by the lifecycle.
@@ -71,9 +77,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         live_objects.clear()
 
         async def stop_pruning() -> None:
-            pruning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruning
+            await cancel_and_wait(pruning)
 
         steps = [stop_pruning, listener.stop, hub.stop, store.close]
         if retention is not None:

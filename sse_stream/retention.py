@@ -18,6 +18,7 @@ from datetime import timedelta
 from .errors import DatabaseUnavailable
 from .events import Position
 from .store import EventStore
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,7 @@ class Retention:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:
