@@ -33,6 +33,7 @@ from sse_stream.migrate import migrate_dsn  # noqa: E402
 from sse_stream.patterns import parse_pattern_list, parse_type_filter  # noqa: E402
 from sse_stream.queries import query  # noqa: E402
 from sse_stream.settings import Settings  # noqa: E402
+from sse_stream.store import StoreLimits  # noqa: E402
 from sse_stream.subscription import Selector  # noqa: E402
 
 TARGET = "orders.target"
@@ -71,9 +72,11 @@ def selector_for(streams: str, pairs: list[tuple[str, str]]) -> Selector:
 
 
 async def explain(connection: asyncpg.Connection, selector: Selector) -> tuple[float, str]:
-    sql, params = selector.to_sql()
-    text = query("read_selected").replace("{selector}", sql)
-    rows = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + text, "0", 0, 1001, *params)
+    sql = selector.to_sql()
+    text = query("read_selected").replace("{streams}", sql.streams).replace("{filter}", sql.filter)
+    limits = StoreLimits()
+    rows = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + text, "0", 0, 1001,
+                                  limits.scan_rows, limits.page_bytes, *sql.params)
     plan = "\n".join(row[0] for row in rows)
     execution = next(float(line.split(":")[1].split()[0]) for line in plan.splitlines()
                      if line.startswith("Execution Time"))

@@ -6,41 +6,97 @@
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
 
 -- name: read_live
--- The shared read of one wake-up: every committed row after the watermark, in
--- stream order, with the snapshot's xmin. Rows at or above xmin are committed
--- but not yet final (an older transaction may still write before them); the
--- caller delivers only the prefix below xmin and polls again soon for the rest.
-SELECT h.xmin::text::bigint AS xmin, e.xid, e.id, e.stream, e.type, e.data, e.created_at
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+-- The shared read of one wake-up, on the live path's own connection: the
+-- final rows after the watermark (below the snapshot's xmin: every
+-- transaction before it has ended), in stream order, at most $3 rows and
+-- about $4 bytes of data (a row past the budget comes without its data: the
+-- page ends before it). The header row, always present, has the snapshot's
+-- xmin and xmax, whether committed rows wait above xmin (`held`: read again
+-- soon), and the highest pruned position in the same snapshot, so that a
+-- reader retention overtook learns it with the rows.
+SELECT h.xmin::text::bigint AS xmin, h.xmax::text::bigint AS xmax, h.held,
+       h.pruned_xid::text::bigint AS pruned_xid, h.pruned_id,
+       e.xid, e.id, e.stream, e.type, e.data, e.created_at, e.epoch
+FROM (
+    SELECT s.xmin, s.xmax, r.pruned_xid, r.pruned_id,
+           EXISTS (SELECT FROM sse_stream.events ev WHERE ev.xid >= s.xmin) AS held
+    FROM (SELECT pg_snapshot_xmin(c.snap) AS xmin, pg_snapshot_xmax(c.snap) AS xmax
+          FROM (SELECT pg_current_snapshot() AS snap) c) s
+    LEFT JOIN sse_stream.retention r ON true
+) h
 LEFT JOIN LATERAL (
-    SELECT ev.xid::text::bigint AS xid, ev.id, ev.stream, ev.type, ev.data::text AS data,
-           ev.created_at
-    FROM sse_stream.events ev
-    WHERE (ev.xid, ev.id) > ($1::text::xid8, $2::bigint)
-    ORDER BY ev.xid, ev.id
-    LIMIT $3
+    SELECT w.xid::text::bigint AS xid, w.id, w.stream, w.type,
+           CASE WHEN w.running - octet_length(w.data) < $4 THEN convert_to(w.data, 'UTF8') END
+               AS data,
+           sse_stream.time_text(w.created_at) AS created_at,
+           extract(epoch FROM w.created_at)::float8 AS epoch
+    FROM (
+        SELECT p.*, sum(octet_length(p.data)) OVER (ORDER BY p.xid, p.id ROWS UNBOUNDED PRECEDING)
+                   AS running
+        FROM (
+            SELECT ev.xid, ev.id, ev.stream, ev.type, ev.data::text AS data, ev.created_at
+            FROM sse_stream.events ev
+            WHERE (ev.xid, ev.id) > ($1::text::xid8, $2::bigint) AND ev.xid < h.xmin
+            ORDER BY ev.xid, ev.id
+            LIMIT $3
+        ) p
+    ) w
+    ORDER BY w.xid, w.id
 ) e ON true;
 
 -- name: read_selected
--- One page of a subscriber's own catch-up: matching rows after its position
--- and below the snapshot's xmin. {selector} is a boolean expression built by
--- sse_stream/subscription.py from bind parameters ($4 onwards) only.
--- The highest pruned position is read in the same snapshot as the rows: a
--- prune deletes rows and moves it in one transaction, so the page is missing
--- exactly the rows at or before it, never rows the reader was not told about.
-SELECT h.xmin::text::bigint AS xmin, h.pruned_xid, h.pruned_id,
-       e.xid, e.id, e.stream, e.type, e.data, e.created_at
-FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-             r.pruned_xid::text::bigint AS pruned_xid, r.pruned_id
-      FROM (SELECT) AS one LEFT JOIN sse_stream.retention r ON true) h
+-- One page of a subscriber's own catch-up, or of a JSON page: the rows of the
+-- selected streams after a position and below the snapshot's xmin, in
+-- stream order, tested against the selector's filters.
+-- Bounded work: the scan examines at most $4 rows of the selected streams
+-- (`n` counts them) and stops as soon as $3 rows have come out. A row comes
+-- out when it matches (`hit`) or when it is the last one the scan may examine
+-- (n = $4), so that a page over a stretch that matches nothing still tells
+-- how far it looked. Bounded size: a match past about $5 bytes of data comes
+-- without its data, and the page ends before it.
+-- {streams} and {filter} are boolean expressions built by
+-- sse_stream/subscription.py from bind parameters ($6 onwards) only.
+-- The header row has the snapshot's xmin and xmax (a position at or past
+-- xmax was never handed out by this database) and the highest pruned
+-- position, read in the same snapshot as the rows: a prune deletes rows and
+-- moves it in one transaction, so the page is missing exactly the rows at or
+-- before it, never rows the reader was not told about.
+SELECT h.xmin::text::bigint AS xmin, h.xmax::text::bigint AS xmax,
+       h.pruned_xid::text::bigint AS pruned_xid, h.pruned_id,
+       e.n, e.hit, e.xid, e.id, e.stream, e.type, e.data, e.created_at, e.epoch
+FROM (
+    SELECT s.xmin, s.xmax, r.pruned_xid, r.pruned_id
+    FROM (SELECT pg_snapshot_xmin(c.snap) AS xmin, pg_snapshot_xmax(c.snap) AS xmax
+          FROM (SELECT pg_current_snapshot() AS snap) c) s
+    LEFT JOIN sse_stream.retention r ON true
+) h
 LEFT JOIN LATERAL (
-    SELECT ev.xid::text::bigint AS xid, ev.id, ev.stream, ev.type, ev.data::text AS data,
-           ev.created_at
-    FROM sse_stream.events ev
-    WHERE (ev.xid, ev.id) > ($1::text::xid8, $2::bigint)
-      AND ev.xid < h.xmin
-      AND {selector}
-    ORDER BY ev.xid, ev.id
+    SELECT w.n, w.hit, w.xid::text::bigint AS xid, w.id, w.stream, w.type,
+           CASE WHEN w.hit AND w.running - octet_length(w.data) < $5
+                THEN convert_to(w.data, 'UTF8') END AS data,
+           sse_stream.time_text(w.created_at) AS created_at,
+           extract(epoch FROM w.created_at)::float8 AS epoch
+    FROM (
+        SELECT t.xid, t.id, t.stream, t.type, t.created_at, t.hit, t.data,
+               row_number() OVER win AS n,
+               coalesce(sum(octet_length(t.data)) OVER win, 0) AS running
+        FROM (
+            SELECT s.xid, s.id, s.stream, s.type, s.created_at, s.hit,
+                   CASE WHEN s.hit THEN s.data::text END AS data
+            FROM (
+                SELECT ev.xid, ev.id, ev.stream, ev.type, ev.created_at, ev.data,
+                       coalesce({filter}, false) AS hit
+                FROM sse_stream.events ev
+                WHERE (ev.xid, ev.id) > ($1::text::xid8, $2::bigint) AND ev.xid < h.xmin
+                  AND {streams}
+                ORDER BY ev.xid, ev.id
+                LIMIT $4
+            ) s
+        ) t
+        WINDOW win AS (ORDER BY t.xid, t.id ROWS UNBOUNDED PRECEDING)
+    ) w
+    WHERE w.hit OR w.n = $4
+    ORDER BY w.xid, w.id
     LIMIT $3
 ) e ON true;
 
@@ -95,8 +151,8 @@ WITH written AS (
 SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM written;
 
 -- name: publish_idempotent
--- The same, once per idempotency key (see sql/0002_capture.sql).
-SELECT ids, stored_hash, replayed FROM sse_stream.publish_idempotent($1, $2, $3, $4::jsonb);
+-- The same, once per idempotency key in its scope (see sql/0004_isolation.sql).
+SELECT ids, stored_hash, replayed FROM sse_stream.publish_idempotent($1, $2, $3, $4, $5::jsonb);
 
 -- name: prune_idempotency_keys
 -- Forget idempotency keys older than $1 seconds.

@@ -32,7 +32,7 @@ from .listener import Listener
 from .metrics import HubCollector
 from .retention import Retention, parse_age
 from .settings import Settings
-from .store import EventStore
+from .store import EventStore, StoreLimits
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     live_objects = app[LIVE_OBJECTS]
     assert settings.dsn is not None
     store = EventStore(settings.dsn, replica_dsn=settings.replica_dsn,
-                       pool_size=settings.pool_size)
+                       limits=StoreLimits(read_connections=settings.pool_size,
+                                          publish_connections=settings.publish_pool_size,
+                                          wait=settings.capacity_wait,
+                                          statement_timeout=settings.statement_timeout,
+                                          scan_rows=settings.scan_rows,
+                                          page_bytes=settings.page_bytes))
     await store.open()
     hub = Hub(store, settings)
     listener = Listener(settings.dsn, hub.wake, keepalive=settings.listener_keepalive)

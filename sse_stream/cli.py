@@ -171,7 +171,7 @@ async def _publish(dsn: str, stream: str, type_: str, data: str, batch_size: int
     except InvalidInput as error:
         return fail(str(error))
     lines: Iterable[bytes] = sys.stdin.buffer if data == "-" else [data.encode()]
-    store = EventStore(dsn, pool_size=1)
+    store = EventStore(dsn)
     try:
         await store.open()
         pending: list[bytes] = []
@@ -231,7 +231,7 @@ async def _prune(dsn: str, older_than: str, batch: int) -> int:
     from .store import EventStore
 
     age = parse_age(older_than)
-    store = EventStore(dsn, pool_size=1)
+    store = EventStore(dsn)
     await store.open()
     try:
         result = await prune(store, age, batch)

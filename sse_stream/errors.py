@@ -23,3 +23,12 @@ class InvalidInput(SseStreamError):
 
 class DatabaseUnavailable(SseStreamError):
     """PostgreSQL could not be reached or the connection broke mid-query."""
+
+
+class Overloaded(SseStreamError):
+    """A bounded share of the server is in use: refuse with 503 and Retry-After."""
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after

@@ -6,14 +6,19 @@ and clients treat it as opaque. `Position.after_horizon(xmin)` names the point
 just before every transaction that had not ended when a snapshot was taken:
 resuming after it reads every event of those transactions, so it is a safe
 position to hand out even when it names no event.
+
+An event's wire forms are built around PostgreSQL's own text of its data and
+time, never a re-encoding: whatever the table holds (nesting deeper than any
+JSON library takes, integers of thousands of digits, years past 9999) is
+delivered as stored. The data is decoded only when a live data filter asks
+for it, and that decoding never fails (see `decode_data`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -56,103 +61,171 @@ def parse_position(value: str, param: str = "last_event_id") -> Position:
     return Position(xid, id_)
 
 
-@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Data that no decoder could read: it matches no data filter's field."""
+
+
+UNDECODABLE = Undecodable()
+_UNSET: Any = object()
+
+
 class Event:
-    """One stored event, decoded once per read and shared by all subscribers."""
+    """One stored event, built once per read and shared by all subscribers.
 
-    id: int
-    position: Position
-    stream: str
-    type: str
-    data: Any
-    created_at: datetime
-    # The wire forms, built once per event whatever the number of readers.
-    envelope: bytes = field(repr=False, compare=False)
-    sse: bytes = field(repr=False, compare=False)
-    # Other wire forms, built on first use by any subscriber, then shared.
-    _forms: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    Immutable by convention; `data` is decoded on first use and cached.
+    `created_at` is the RFC 3339 text of the event's time (UTC, "Z"),
+    `created_epoch` the same instant in seconds (for the lag metric).
+    """
 
-    @classmethod
-    def from_row(cls, xid: int, id_: int, stream: str, type_: str, data_json: str,
-                 created_at: datetime) -> Event:
-        position = Position(xid, id_)
-        encoded_position = position.encode()
-        try:
-            data = orjson.loads(data_json)
-        except orjson.JSONDecodeError:
-            return cls._from_wide_numbers(id_, position, stream, type_, data_json, created_at)
-        envelope = orjson.dumps({
-            "id": id_,
-            "position": encoded_position,
-            "stream": stream,
-            "type": type_,
-            "data": data,
-            # orjson writes the datetime itself (RFC 3339, "Z" for UTC, the
-            # microseconds only when non-zero, as isoformat does) about four
-            # times faster than isoformat() and a replace: this runs per event.
-            "created_at": created_at,
-        }, option=orjson.OPT_UTC_Z)
+    __slots__ = ("id", "position", "stream", "type", "raw_data", "created_at", "created_epoch",
+                 "envelope", "sse", "_data", "_cloudevent", "_cloudevent_sse")
+
+    def __init__(self, id_: int, position: Position, stream: str, type_: str, raw_data: bytes,
+                 created_at: str, created_epoch: float) -> None:
+        self.id = id_
+        self.position = position
+        self.stream = stream
+        self.type = type_
+        self.raw_data = raw_data
+        self.created_at = created_at
+        self.created_epoch = created_epoch
         # stream and type are constrained by the table to characters that
-        # cannot break a line; the envelope is compact JSON on one line.
-        sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
-            encoded_position.encode(), type_.encode(), envelope)
-        return cls(id_, position, stream, type_, data, created_at, envelope, sse)
+        # need no JSON escaping and cannot break a line; PostgreSQL's text of
+        # a jsonb value is compact JSON on one line.
+        position_text = b"%d-%d" % position
+        self.envelope = b'{"id":%d,"position":"%s","stream":"%s","type":"%s","data":%s,' \
+            b'"created_at":"%s"}' % (id_, position_text, stream.encode(), type_.encode(),
+                                     raw_data, created_at.encode())
+        self.sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (position_text, type_.encode(),
+                                                         self.envelope)
+        self._data = _UNSET
+        self._cloudevent: bytes | None = None
+        self._cloudevent_sse: bytes | None = None
 
     @classmethod
-    def _from_wide_numbers(cls, id_: int, position: Position, stream: str, type_: str,
-                           data_json: str, created_at: datetime) -> Event:
-        """An event whose data holds a number no double can (jsonb keeps 1e400).
+    def from_row(cls, xid: int, id_: int, stream: str, type_: str, raw_data: bytes,
+                 created_at: str, created_epoch: float) -> Event:
+        return cls(id_, Position(xid, id_), stream, type_, raw_data, created_at, created_epoch)
 
-        orjson refuses such text, so json decodes it (to an exact int or to
-        inf: no comparison matches either, as in SQL), and the wire forms
-        carry PostgreSQL's own text of the data (one line, as jsonb's text
-        always is), so the number reaches the client as it was stored.
-        """
-        data = json.loads(data_json)
-        encoded_position = position.encode()
-        raw = data_json.encode()
-        time = orjson.dumps(created_at, option=orjson.OPT_UTC_Z)
-        envelope = b'{"id":%d,"position":"%s","stream":%s,"type":%s,"data":%s,"created_at":%s}' % (
-            id_, encoded_position.encode(), orjson.dumps(stream), orjson.dumps(type_), raw, time)
-        sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
-            encoded_position.encode(), type_.encode(), envelope)
-        cloudevent = (
-            b'{"specversion":"1.0","id":"%d","source":%s,"type":%s,"time":%s,'
-            b'"datacontenttype":"application/json","data":%s,"ssestream":%s,"sseposition":"%s"}' % (
-                id_, orjson.dumps(f"/streams/{stream}"), orjson.dumps(type_), time, raw,
-                orjson.dumps(stream), encoded_position.encode()))
-        return cls(id_, position, stream, type_, data, created_at, envelope, sse,
-                   {"cloudevent": cloudevent})
+    def __repr__(self) -> str:
+        return f"Event(id={self.id}, position={self.position.encode()}, stream={self.stream!r}, " \
+            f"type={self.type!r})"
+
+    @property
+    def data(self) -> Any:
+        """The decoded data (for live data filters), decoded once."""
+        value = self._data
+        if value is _UNSET:
+            value = self._data = decode_data(self.raw_data)
+        return value
 
     @property
     def cloudevent(self) -> bytes:
         """The event as a CloudEvents 1.0 JSON envelope (structured mode)."""
-        form = self._forms.get("cloudevent")
+        form = self._cloudevent
         if form is None:
-            form = self._forms["cloudevent"] = orjson.dumps({
-                "specversion": "1.0",
-                "id": str(self.id),
-                "source": f"/streams/{self.stream}",
-                "type": self.type,
-                "time": self.created_at,
-                "datacontenttype": "application/json",
-                "data": self.data,
-                # Extension attributes: lowercase alphanumeric names.
-                "ssestream": self.stream,
-                "sseposition": self.position.encode(),
-            }, option=orjson.OPT_UTC_Z)  # the same time text as the envelope's
+            # Extension attributes (ssestream, sseposition): lowercase alphanumeric names.
+            form = self._cloudevent = (
+                b'{"specversion":"1.0","id":"%d","source":"/streams/%s","type":"%s",'
+                b'"time":"%s","datacontenttype":"application/json","data":%s,'
+                b'"ssestream":"%s","sseposition":"%s"}' % (
+                    self.id, self.stream.encode(), self.type.encode(), self.created_at.encode(),
+                    self.raw_data, self.stream.encode(), self.position.encode().encode()))
         return form
 
     @property
     def cloudevent_sse(self) -> bytes:
         """The SSE frame whose data is the CloudEvents envelope."""
-        form = self._forms.get("cloudevent_sse")
+        form = self._cloudevent_sse
         if form is None:
-            form = self._forms["cloudevent_sse"] = b"id: %s\nevent: %s\ndata: %s\n\n" % (
+            form = self._cloudevent_sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
                 self.position.encode().encode(), self.type.encode(), self.cloudevent)
         return form
 
-    def as_dict(self) -> dict[str, Any]:
-        """The envelope as a mapping (for JSON pages)."""
-        result: dict[str, Any] = json.loads(self.envelope)
-        return result
+
+# -- decoding the data for live filters ------------------------------------------
+
+# Deeper values than this are replaced by a stand-in before a fallback decode:
+# data filters walk paths of at most filters.MAX_PATH keys, far above which
+# every value is an object or array and matches no comparison either way.
+MAX_DECODED_DEPTH = 64
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+_TOKEN_RE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+class TooDeep:
+    """A value nested deeper than MAX_DECODED_DEPTH: an object or array."""
+
+
+TOO_DEEP = TooDeep()
+
+
+def decode_data(raw: bytes) -> Any:
+    """Decode PostgreSQL's text of a jsonb value, whatever it holds.
+
+    orjson first (the fast path). It refuses numbers beyond a double and
+    nesting deeper than 1024; then json decodes integers as orjson would (an
+    int in [-2**63, 2**64-1], else a double, infinity beyond) and doubles
+    that overflow to infinity, with any level deeper than MAX_DECODED_DEPTH
+    replaced by TOO_DEEP. Data filters compare neither infinities nor
+    containers, exactly as their SQL form does. Never raises.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return _tolerant_loads(raw)
+    except RecursionError:
+        pass
+    except Exception:  # noqa: BLE001 - the last resort below is the answer
+        return UNDECODABLE
+    try:
+        return _tolerant_loads(_flatten(raw, MAX_DECODED_DEPTH))
+    except Exception:  # noqa: BLE001
+        return UNDECODABLE
+
+
+def _parse_int(text: str) -> int | float:
+    # Beyond 20 digits the value is outside the exact range: a double, and
+    # float() takes any length where int() refuses over 4300 digits.
+    if len(text) <= 21:
+        value = int(text)
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+    return float(text)
+
+
+def _tolerant_loads(raw: bytes) -> Any:
+    return json.loads(raw, parse_int=_parse_int, parse_constant=_constant)
+
+
+def _constant(name: str) -> Any:
+    # PostgreSQL never writes NaN or Infinity in JSON; _flatten writes NaN
+    # where it cut a level off.
+    return TOO_DEEP if name == "NaN" else (math.inf if name == "Infinity" else -math.inf)
+
+
+def _flatten(raw: bytes, depth: int) -> bytes:
+    """`raw` with every array or object below `depth` levels replaced by NaN."""
+    parts: list[bytes] = []
+    level = 0
+    start = 0  # where the text not yet copied begins
+    cut: int | None = None  # the level at which the current cut began
+    for match in _TOKEN_RE.finditer(raw):
+        token = match.group()
+        if token[0] == 0x22:  # a string: its brackets are text
+            continue
+        if token in (b"[", b"{"):
+            level += 1
+            if cut is None and level > depth:
+                parts.append(raw[start:match.start()])
+                parts.append(b"NaN")
+                cut = level
+        else:
+            if cut is not None and level == cut:
+                start = match.end()
+                cut = None
+            level -= 1
+    parts.append(raw[start:])
+    return b"".join(parts)

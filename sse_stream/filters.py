@@ -34,6 +34,7 @@ from .errors import InvalidInput
 
 MAX_FILTERS = 20
 MAX_IN_VALUES = 100
+MAX_PATH = 32  # keys in one data path (events.MAX_DECODED_DEPTH stays above it)
 
 OPERATORS: Final = ("eq", "neq", "gt", "gte", "lt", "lte", "in", "is")
 IS_VALUES: Final = ("null", "true", "false")
@@ -296,6 +297,8 @@ def _check_text(value: str, param: str) -> str:
 
 
 def _check_path(segments: Sequence[str], param: str) -> tuple[str, ...]:
+    if len(segments) > MAX_PATH:
+        raise InvalidInput(param, f"a data path has at most {MAX_PATH} keys")
     for segment in segments:
         if not segment:
             raise InvalidInput(param, "a data path is object keys joined by '.', none empty")
@@ -420,6 +423,8 @@ def _parse_member(scanner: _Scanner) -> Condition:
         if not word:
             raise scanner.fail("expected a data path key of [A-Za-z0-9_-]")
         path.append(word)
+        if len(path) > MAX_PATH:
+            raise scanner.fail(f"a data path has at most {MAX_PATH} keys")
         if scanner.peek() != ".":
             raise scanner.fail("expected '.' and an operator after the path")
         scanner.pos += 1

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from .auth import AccessPolicy, Grant, Unauthorized, allows, find_token
 from .batch import parse_body, validate_idempotency_key
-from .errors import DatabaseUnavailable, InvalidInput
+from .errors import DatabaseUnavailable, InvalidInput, Overloaded
 from .events import ORIGIN, Position, parse_position
 from .filters import parse_data_filters
 from .hub import Hub
@@ -112,6 +112,8 @@ async def problem_middleware(request: web.Request,
     except DatabaseUnavailable:
         return problem(503, "the database is unavailable; retry shortly",
                        headers={"Retry-After": "2"})
+    except Overloaded as error:
+        return problem(503, error.detail, headers={"Retry-After": str(error.retry_after)})
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -214,6 +216,10 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     if hub.closing:
         return problem(503, "the server is shutting down", headers={"Retry-After": "1"})
+    if start is not None:
+        # A replay reads through the bounded read capacity, page by page;
+        # while its queue is full, new replays are refused before they start.
+        request.app[STORE].reads_capacity.admit()
 
     client = client_address(request)
     open_streams = request.app[OPEN_STREAMS]
@@ -260,13 +266,23 @@ async def read_page(request: web.Request) -> web.Response:
     if not 1 <= limit <= PAGE_MAX:
         raise InvalidInput("limit", f"must be between 1 and {PAGE_MAX}")
     store = request.app[STORE]
-    sql, params = selector.to_sql()
-    # One more row than asked tells whether another page follows.
-    page = await store.read_selected(after, limit + 1, sql, params,
+    selector_sql = selector.to_sql()
+    # A bounded wait for a read connection (else 503): a page is one short
+    # statement, and heavy readers never take the live path's capacity.
+    wait = request.app[SETTINGS].capacity_wait
+    page = await store.read_selected(after, limit, selector_sql, wait=wait,
                                      replica=store.replica_dsn is not None)
-    events = page.events[:limit]
-    has_more = len(page.events) > limit
-    next_after = events[-1].position if has_more else page.covered
+    if not page.full and store.replica_dsn is not None:
+        # The replica has nothing more: the primary may (a lagging replica),
+        # and only the primary knows whether `after` was ever handed out.
+        page = await store.read_selected(after, limit, selector_sql, wait=wait)
+    if page.future:
+        raise InvalidInput("after", "this position is beyond anything this database has "
+                           "handed out (a restored or replaced cluster?); start again from "
+                           f"0 or from {page.covered.encode()}, the current end", status=409)
+    events = page.events
+    has_more = page.full
+    next_after = page.covered
     gap = b""
     if page.pruned is not None and ORIGIN < after < page.pruned:
         # The page form of sse.gap: events after `after` were pruned.
@@ -285,21 +301,23 @@ async def publish(request: web.Request) -> web.Response:
     With an Idempotency-Key header, a retry of the same request (same stream,
     same events) returns the first request's ids, 201 again, with
     `Idempotent-Replayed: true`, and writes nothing; the same key with other
-    events is a 422.
+    events is a 422. Keys are scoped to the stream and the token's subject:
+    another subject's key is another key, which it can neither claim nor probe.
     """
     stream = validate_stream_name(request.match_info["stream"], "stream")
-    authorize(request, "publish", (parse_pattern(stream, "stream"),), "stream")
+    grant = authorize(request, "publish", (parse_pattern(stream, "stream"),), "stream")
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         validate_idempotency_key(key)
     body = await _read_body(request)
     batch = parse_body(stream, body, fingerprint=key is not None)
-    published = await request.app[STORE].publish(batch, key)
+    subject = (grant.subject if grant is not None else None) or ""
+    published = await request.app[STORE].publish(batch, key, subject)
     headers = {}
     if published.replayed:
         if published.fingerprint != batch.fingerprint:
             raise InvalidInput("Idempotency-Key", "this key was used for another request "
-                               "(other stream or other events); use a new key", status=422)
+                               "(other events); use a new key", status=422)
         headers["Idempotent-Replayed"] = "true"
     return web.Response(status=201, body=b'{"ids":%s}' % orjson.dumps(published.ids),
                         content_type="application/json", headers=headers)

@@ -3,11 +3,17 @@
 The hub keeps a watermark: every event at or before it has been handed to
 every live subscription that matches it. On each wake-up (a NOTIFY, a poll
 timeout, a listener reconnect) it reads the final events after the
-watermark, in pages, encodes each once, and writes each subscription's share
-in one write. Streams that start from an old position, or fall too far
-behind, catch up from the table on their own task and then join the live
+watermark, in pages, on the live path's own database connection, encodes
+each once, and writes each subscription's share in one write. Streams that
+start from an old position, or fall too far behind, catch up from the table
+on their own task (through the bounded read capacity) and then join the live
 flow; the join and the fan-out never interleave (no await between them), so
 nothing falls into the seam and nothing is sent twice.
+
+The shared read also learns, in the same snapshot, how far retention has
+pruned and how far this database has ever handed out positions: when either
+passed the watermark (retention overtook a process that was behind, or the
+cluster was replaced), every live stream gets `sse.gap` before the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from math import isfinite
 from collections.abc import Collection
 from datetime import datetime, timezone
 
@@ -23,7 +30,7 @@ import orjson
 from .errors import DatabaseUnavailable
 from .events import ORIGIN, Event, Position
 from .metrics import LAG_BUCKETS, READ_BUCKETS, Buckets
-from .patterns import StreamPattern
+from .patterns import SubjectTree
 from .response import KEEPALIVE
 from .settings import Settings
 from .store import EventStore, Page
@@ -60,11 +67,15 @@ class Hub:
         self.closing = False
         self._doorbell = asyncio.Event()
         self._held = False
+        # Resolved by the next shared read that starts after it was made:
+        # where a live-only stream starts (see _fresh_position).
+        self._next_read: asyncio.Future[bool] | None = None
         # Live subscriptions, grouped by identical selector and indexed by
-        # stream name (exact) or pattern.
+        # stream name (exact) or pattern (a subject tree: a name is matched
+        # by walking its segments, not by testing every pattern).
         self._groups: dict[tuple[Selector, bool], Group] = {}
         self._exact: dict[str, set[Group]] = {}
-        self._patterns: dict[str, tuple[StreamPattern, set[Group]]] = {}
+        self._patterns: SubjectTree[Group] = SubjectTree()
         self.subscriptions: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
         # Counters for /metrics and for tests.
@@ -75,6 +86,7 @@ class Hub:
         self.catchups = 0
         self.gaps = 0
         self.opened = 0
+        self.match_errors = 0  # selector tests that raised (counted as no match)
         self.read_sizes = Buckets(READ_BUCKETS)  # events read per wake-up
         self.lag = Buckets(LAG_BUCKETS)  # created_at to fan-out, seconds, per event read
 
@@ -104,6 +116,8 @@ class Hub:
     async def _run(self) -> None:
         backoff = 0.1
         while True:
+            # The streams waiting for "a read that starts after now".
+            waiter, self._next_read = self._next_read, None
             try:
                 if not self.started.is_set():
                     self.watermark = await self.store.horizon()
@@ -125,6 +139,9 @@ class Hub:
                 self.ready = False
                 timeout = backoff
                 backoff = min(backoff * 2, 5.0)
+            finally:
+                if waiter is not None:
+                    waiter.set_result(self.ready)
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for
                 # swallows a cancellation that arrives as the wait ends, and
@@ -142,6 +159,19 @@ class Hub:
         try:
             while True:
                 page = await self.store.read_live(self.watermark, self.settings.page_size)
+                if page.future:
+                    # The watermark is past anything this database handed
+                    # out: the cluster was replaced or restored.
+                    log.warning("the database has never reached position %s (replaced or "
+                                "restored?): live streams resume at %s", self.watermark.encode(),
+                                page.covered.encode())
+                    self._resume_live(page.covered)
+                elif page.pruned is not None and page.pruned > self.watermark:
+                    # Retention deleted events this process had not read yet.
+                    log.warning("retention overtook the live read: events up to %s were pruned "
+                                "before they were read; live streams get sse.gap",
+                                page.pruned.encode())
+                    self._resume_live(page.pruned)
                 self._fan_out(page)
                 read += len(page.events)
                 if not page.full:
@@ -150,24 +180,29 @@ class Hub:
         finally:
             self.read_sizes.observe(read)
 
+    def _resume_live(self, resumed: Position) -> None:
+        """Tell every live stream that what lies before `resumed` is lost to it."""
+        for group in self._groups.values():
+            for subscription in group.members:
+                self._write_gap(subscription, subscription.sent, resumed)
+                subscription.skip_until = resumed
+        self.watermark = resumed
+
     def _candidates(self, stream: str) -> Collection[Group]:
         found = self._exact.get(stream)
-        merged: set[Group] | None = None
-        for pattern, groups in self._patterns.values():
-            if pattern.matches(stream):
-                if merged is None:
-                    merged = set(found) if found else set()
-                merged |= groups
-        if merged is not None:
-            return merged
-        return found if found is not None else ()
+        if not self._patterns.size:
+            return found if found is not None else ()
+        matched = self._patterns.match(stream)
+        if found:
+            matched |= found
+        return matched
 
     def _fan_out(self, page: Page) -> None:
         """Hand a page to every live subscription: one write each. No awaits.
 
         Matching is per group of identical selectors, so an event costs one
-        test per distinct selector whose streams can hold it, and each group's
-        bytes are joined (and chunk-framed) once for all of its members.
+        test per distinct selector whose streams can hold it, and groups that
+        get the same events share one payload (joined and chunk-framed once).
         """
         events = page.events
         matched: dict[Group, list[Event]] = {}
@@ -179,7 +214,13 @@ class Hub:
                 if groups is None:
                     groups = by_stream[event.stream] = self._candidates(event.stream)
                 for group in groups:
-                    if group.selector.accepts(event):
+                    try:
+                        accepted = group.selector.accepts(event)
+                    except Exception:  # noqa: BLE001 - one event must not stop the fan-out
+                        self.match_errors += 1
+                        log.exception("matching event %s failed", event.position.encode())
+                        continue
+                    if accepted:
                         batch = matched.get(group)
                         if batch is None:
                             batch = matched[group] = []
@@ -189,12 +230,18 @@ class Hub:
             now = time.time()
             observe = self.lag.observe
             for event in events:
-                observe(now - event.created_at.timestamp())
+                lag = now - event.created_epoch
+                if isfinite(lag):  # a time the column holds may be infinity
+                    observe(lag)
         self.watermark = page.covered
         limit = self.settings.max_pending
         behind: list[Subscription] = []
+        shared: dict[tuple[bool, tuple[int, ...]], Payload] = {}
         for group, batch in matched.items():
-            payload = Payload(b"".join(map(group.frame, batch)))
+            key = (group.cloudevents, tuple([event.id for event in batch]))
+            payload = shared.get(key)
+            if payload is None:
+                payload = shared[key] = Payload(b"".join(map(group.frame, batch)))
             first, last = batch[0].position, batch[-1].position
             for subscription in group.members:
                 if subscription.skip_until < first:
@@ -216,7 +263,7 @@ class Hub:
             # Too far behind: stop buffering for it. It has been handed every
             # match up to the watermark; it reads the rest from the table.
             self._leave(subscription)
-            subscription.cursor = page.covered
+            subscription.cursor = self.watermark
             subscription.signal.set()
             self.catchups += 1
 
@@ -234,10 +281,7 @@ class Hub:
                 if pattern.is_exact:
                     self._exact.setdefault(pattern.text, set()).add(group)
                 else:
-                    entry = self._patterns.get(pattern.text)
-                    if entry is None:
-                        entry = self._patterns[pattern.text] = (pattern, set())
-                    entry[1].add(group)
+                    self._patterns.add(pattern, group)
         group.members.add(subscription)
 
     def _leave(self, subscription: Subscription) -> None:
@@ -258,10 +302,22 @@ class Hub:
                 if not groups:
                     del self._exact[pattern.text]
             else:
-                groups = self._patterns[pattern.text][1]
-                groups.discard(group)
-                if not groups:
-                    del self._patterns[pattern.text]
+                self._patterns.remove(pattern, group)
+
+    async def _fresh_position(self) -> Position:
+        """A position after every event committed before this call.
+
+        The next shared read that starts after the call takes a snapshot
+        after it: its watermark is such a position, with no query of its own
+        (a burst of new streams costs one read). If that read fails, the
+        current watermark (as fresh as the database allows).
+        """
+        waiter = self._next_read
+        if waiter is None:
+            waiter = self._next_read = asyncio.get_running_loop().create_future()
+        self.wake()
+        await asyncio.shield(waiter)
+        return self.watermark
 
     async def serve(self, subscription: Subscription, start: Position | None,
                     follow: bool = True) -> None:
@@ -275,18 +331,18 @@ class Hub:
         try:
             await self._wait_started(subscription)
             if start is None:
-                # Live only: start at a fresh horizon, so events committed
-                # before the request that the hub has not read yet stay out.
-                try:
-                    horizon = await self.store.horizon()
-                except DatabaseUnavailable:
-                    horizon = self.watermark
-                here = max(horizon, self.watermark)
+                # Live only: events committed before the request stay out.
+                here = await self._fresh_position()
                 subscription.cursor = subscription.sent = here
                 # A bare id line: a client that reconnects before its first
                 # event resumes from here instead of starting live again.
                 subscription.write(b"id: %s\n\n" % here.encode().encode())
-                self._join(subscription)
+                if not follow:
+                    return  # `live=false` with no start: nothing to replay
+                if here >= self.watermark:
+                    self._join(subscription)
+                # Else the hub has read on since: the loop below reads that
+                # stretch from the table, then joins.
             else:
                 subscription.cursor = subscription.sent = start
             while not subscription.closed and not self.closing:
@@ -314,7 +370,6 @@ class Hub:
     async def _catch_up(self, subscription: Subscription, follow: bool) -> bool:
         """Replay from the table; True once caught up (and, if following, live)."""
         response = subscription.response
-        sql, params = subscription.sql
         backoff = 0.1
         # Bulk replay may go to a replica. The replica's own snapshot horizon
         # keeps its pages commit-safe, but a lagging replica may never reach
@@ -326,7 +381,8 @@ class Hub:
                 # Wait for the socket first: a slow client reads at its own pace.
                 await response.drain()
                 page = await self.store.read_selected(
-                    subscription.cursor, self.settings.page_size, sql, params, replica=replica)
+                    subscription.cursor, self.settings.page_size, subscription.sql,
+                    replica=replica)
             except ConnectionError:
                 subscription.close()
                 return False
@@ -339,12 +395,16 @@ class Hub:
                 subscription.signal.clear()
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if page.pruned is not None and ORIGIN < subscription.cursor < page.pruned:
+            if page.future:
+                # A position this database never handed out (a client of a
+                # replaced or restored cluster): say so, go on from its end.
+                self._write_gap(subscription, subscription.cursor, page.covered)
+            elif page.pruned is not None and ORIGIN < subscription.cursor < page.pruned:
                 # Retention removed events after the requested position (0,
                 # "from the oldest retained", is no gap).
-                self._write_gap(subscription, page.pruned)
+                self._write_gap(subscription, subscription.cursor, page.pruned)
             self._write_page(subscription, page.events)
-            subscription.cursor = page.covered
+            subscription.cursor = max(subscription.cursor, page.covered)
             if page.full:
                 continue
             if replica:
@@ -365,12 +425,13 @@ class Hub:
                 return True
         return False
 
-    def _write_gap(self, subscription: Subscription, pruned: Position) -> None:
-        position = pruned.encode().encode()
+    def _write_gap(self, subscription: Subscription, requested: Position,
+                   resumed: Position) -> None:
         subscription.write(b'id: %s\nevent: sse.gap\ndata: {"requested_after":"%s",'
                            b'"resumed_after":"%s"}\n\n'
-                           % (position, subscription.cursor.encode().encode(), position))
-        subscription.cursor = subscription.sent = pruned
+                           % (resumed.encode().encode(), requested.encode().encode(),
+                              resumed.encode().encode()))
+        subscription.cursor = subscription.sent = resumed
         self.gaps += 1
 
     def _write_page(self, subscription: Subscription, events: list[Event]) -> None:

@@ -101,7 +101,9 @@ class HubCollector(Collector):
                       hub.events_read)
         yield counter("sse_stream_catchups", "Slow streams moved from the live flow back to "
                       "catching up from the table.", hub.catchups)
-        yield counter("sse_stream_gaps", "sse.gap events sent (start below retention).", hub.gaps)
+        yield counter("sse_stream_gaps", "sse.gap events sent (a start or a live stream that "
+                      "retention overtook, or a position this database never handed out).",
+                      hub.gaps)
         yield counter("sse_stream_streams_opened", "Streams opened.", hub.opened)
         reads = HistogramMetricFamily("sse_stream_events_per_wakeup",
                                       "Events read per wake-up of the shared read.")
@@ -124,11 +126,27 @@ class HubCollector(Collector):
             yield GaugeMetricFamily("sse_stream_listener_connected",
                                     "1 while the LISTEN connection is up.",
                                     value=1 if listener.connected else 0)
+        yield counter("sse_stream_match_errors", "Event and selector tests that raised "
+                      "(logged; the event was not sent to that selector).", hub.match_errors)
         if store is not None:
             yield counter("sse_stream_database_reads", "Event reads (shared and catch-up).",
                           store.reads)
             yield counter("sse_stream_replica_reads", "Catch-up reads sent to the replica DSN.",
                           store.replica_reads)
+            yield counter("sse_stream_skipped_rows", "Rows a reader could not turn into an "
+                          "event (logged and skipped; never holds the live read back).",
+                          store.skipped_rows)
+            refused = CounterMetricFamily(
+                "sse_stream_capacity_refusals", "Requests refused with 503 because the "
+                "database capacity of their kind stayed busy.", labels=["kind"])
+            waiting = GaugeMetricFamily(
+                "sse_stream_capacity_waiting", "Requests waiting for a database connection "
+                "of their kind.", labels=["kind"])
+            for capacity in (store.reads_capacity, store.publish_capacity):
+                refused.add_metric([capacity.name], capacity.refused)
+                waiting.add_metric([capacity.name], capacity.waiting)
+            yield refused
+            yield waiting
         if retention is not None:
             yield counter("sse_stream_pruned_events", "Events deleted by retention.",
                           retention.deleted)

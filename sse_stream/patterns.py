@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from .errors import InvalidInput
 
@@ -151,3 +152,100 @@ def parse_type_filter(values: list[str], param: str = "type") -> TypeFilter | No
             validate_type_name(value, param)
             exact.add(value)
     return TypeFilter(frozenset(exact), tuple(prefixes))
+
+
+T = TypeVar("T")
+
+
+class _Node(Generic[T]):
+    __slots__ = ("children", "star", "exact", "rest")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node[T]] = {}
+        self.star: _Node[T] | None = None  # the `*` segment
+        self.exact: set[T] = set()  # values of patterns that end here
+        self.rest: set[T] = set()  # values of patterns that end here with `>`
+
+    def empty(self) -> bool:
+        return not (self.children or self.star or self.exact or self.rest)
+
+
+class SubjectTree(Generic[T]):
+    """Values stored under stream patterns, found by the names they match.
+
+    As in NATS: a name is matched by walking its segments down a tree of
+    pattern segments, following the literal child and the `*` child at each
+    level and collecting the `>` values on the way. The cost of `match` grows
+    with the name's segments and the patterns that share its prefixes, not
+    with the number of patterns stored.
+    """
+
+    def __init__(self) -> None:
+        self._root: _Node[T] = _Node()
+        self.size = 0
+
+    def add(self, pattern: StreamPattern, value: T) -> None:
+        node = self._root
+        for segment in pattern.segments:
+            if segment == ">":
+                node.rest.add(value)
+                self.size += 1
+                return
+            if segment == "*":
+                if node.star is None:
+                    node.star = _Node()
+                node = node.star
+            else:
+                child = node.children.get(segment)
+                if child is None:
+                    child = node.children[segment] = _Node()
+                node = child
+        node.exact.add(value)
+        self.size += 1
+
+    def remove(self, pattern: StreamPattern, value: T) -> None:
+        path: list[tuple[_Node[T], str]] = []
+        node: _Node[T] | None = self._root
+        for segment in pattern.segments:
+            assert node is not None
+            if segment == ">":
+                break
+            path.append((node, segment))
+            node = node.star if segment == "*" else node.children.get(segment)
+            if node is None:
+                return
+        assert node is not None
+        found = node.rest if pattern.segments[-1] == ">" else node.exact
+        if value not in found:
+            return
+        found.discard(value)
+        self.size -= 1
+        # Prune the branch back up while it holds nothing.
+        for parent, segment in reversed(path):
+            child = parent.star if segment == "*" else parent.children.get(segment)
+            if child is None or not child.empty():
+                break
+            if segment == "*":
+                parent.star = None
+            else:
+                del parent.children[segment]
+
+    def match(self, name: str) -> set[T]:
+        """The values of every stored pattern that matches stream `name`."""
+        segments = name.split(".")
+        last = len(segments)
+        found: set[T] = set()
+        pending = [(self._root, 0)]
+        while pending:
+            node, depth = pending.pop()
+            if depth == last:
+                found |= node.exact
+                continue
+            if node.rest:
+                found |= node.rest  # `>`: one or more segments remain
+            child = node.children.get(segments[depth])
+            if child is not None:
+                pending.append((child, depth + 1))
+            if node.star is not None:
+                pending.append((node.star, depth + 1))
+        return found

@@ -10,6 +10,7 @@ import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any, NamedTuple
 
 _NAME_RE = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -24,6 +25,16 @@ def sql_dir() -> Path:
     except ModuleNotFoundError:
         pass
     return Path(__file__).resolve().parent.parent / "sql"
+
+
+class SelectorSql(NamedTuple):
+    """A selector as SQL over `ev`, for {streams} and {filter} of read_selected:
+    which streams (what a scan walks, through an index where it can) and
+    which of their rows match (what it tests); client values only as binds."""
+
+    streams: str
+    filter: str
+    params: list[Any]
 
 
 @cache

@@ -39,7 +39,24 @@ class Settings:
     max_pending: int = field(default=1 << 20,
                              metadata={"help": "bytes a client may have unsent before it is "
                                                "moved to catching up from the table"})
-    pool_size: int = field(default=4, metadata={"help": "database connections per process"})
+    # Database capacity, by kind of work (see docs/guarantees.md "Hostile
+    # load"): the live read has a connection of its own besides these.
+    pool_size: int = field(default=4, metadata={"help": "connections for replays and pages "
+                                                          "(catch-up reads) per process"})
+    publish_pool_size: int = field(default=2, metadata={"help": "connections for HTTP "
+                                                                "publishing per process"})
+    capacity_wait: float = field(default=2.0,
+                                 metadata={"help": "seconds a page or publish waits for a "
+                                                   "connection of its kind before a 503"})
+    statement_timeout: float = field(default=10.0,
+                                     metadata={"help": "seconds any statement of the server "
+                                                       "may run"})
+    scan_rows: int = field(default=10_000,
+                           metadata={"help": "rows of its streams one page or catch-up read "
+                                             "examines at most"})
+    page_bytes: int = field(default=1 << 20,
+                            metadata={"help": "bytes of event data per page or catch-up read, "
+                                              "about (one event always fits)"})
     listener_keepalive: float = field(default=10.0,
                                       metadata={"help": "seconds between listener health checks"})
     shutdown_timeout: float = field(default=10.0,

@@ -17,9 +17,9 @@ from typing import Any, AsyncIterator
 import asyncpg
 
 from .batch import Batch
-from .errors import DatabaseUnavailable, InvalidInput
+from .errors import DatabaseUnavailable, InvalidInput, Overloaded
 from .events import Event, Position
-from .queries import query
+from .queries import SelectorSql, query
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,36 @@ APPLICATION_NAME = "sse-stream"
 # InternalClientError is what asyncpg raises when a backend is terminated
 # while a statement is being prepared: the connection is left mid-operation
 # and the retry asyncpg makes on it fails. Left untranslated it would end the
-# hub's read loop, and with it every live stream.
+# hub's read loop, and with it every live stream. QueryCanceledError is a
+# statement that ran past statement_timeout (or was cancelled by an operator):
+# the work is refused, the caller retries later, as after an outage.
 _UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                 asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
-                asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError, TimeoutError)
+                asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError,
+                asyncpg.QueryCanceledError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """The database capacity of one process, split by kind of work.
+
+    The live read has a connection of its own; publishing and heavy reads
+    (catch-ups, pages) each have a pool of their own, so that no amount of
+    one kind can take the connections of another. A request waits at most
+    `wait` seconds for a connection of its kind, then is refused (503); a
+    stream that must replay is refused up front while `queue` per connection
+    are already waiting. Every statement ends within `statement_timeout`
+    seconds; a page or catch-up read examines at most `scan_rows` rows of its
+    streams and returns about `page_bytes` of data at most.
+    """
+
+    read_connections: int = 4
+    publish_connections: int = 2
+    wait: float = 2.0
+    queue: int = 8
+    statement_timeout: float = 10.0
+    scan_rows: int = 10_000
+    page_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -42,9 +68,13 @@ class Page:
     """Events read from the table and how far the read is final.
 
     `covered` is the position up to which the reader has seen every row it
-    asked for: the last event when the page is full, else the snapshot horizon.
+    asked for: the last event when the page is full, the last row it examined
+    when it stopped at its scan budget, else the snapshot horizon.
     `held` is true when committed rows exist beyond `covered` that an older,
     still-open transaction keeps from being final: read again soon.
+    `full`: more may follow right away (read again now).
+    `future`: the position read after is beyond anything this database has
+    handed out (a restored or replaced cluster); `covered` is then its horizon.
     """
 
     events: list[Event]
@@ -52,6 +82,7 @@ class Page:
     held: bool
     full: bool
     pruned: Position | None = None  # highest pruned position, in the page's snapshot
+    future: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,9 +98,69 @@ class Published:
     fingerprint: bytes | None
 
 
-def _events(rows: Sequence[asyncpg.Record]) -> list[Event]:
-    return [Event.from_row(r["xid"], r["id"], r["stream"], r["type"], r["data"], r["created_at"])
-            for r in rows if r["id"] is not None]
+class Capacity:
+    """At most `size` statements of one kind at once, FIFO; a caller waits at
+    most `wait` seconds for its turn, then is refused with Overloaded."""
+
+    def __init__(self, name: str, size: int, wait: float, queue: int) -> None:
+        self.name = name
+        self.size = size
+        self.wait = wait
+        self.queue = queue * size
+        self.waiting = 0
+        self.refused = 0
+        self._slots = asyncio.Semaphore(size)
+
+    def admit(self) -> None:
+        """Refuse new long work up front while the queue is full."""
+        if self.waiting >= self.queue:
+            self.refused += 1
+            raise Overloaded(f"{self.waiting} requests wait for the server's {self.name} "
+                             "capacity; retry shortly", retry_after=max(1, round(self.wait)))
+
+    @asynccontextmanager
+    async def slot(self, wait: float | None = None) -> AsyncIterator[None]:
+        """Hold one of the slots; `wait` None waits as long as it takes."""
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            assert wait is not None
+            self.refused += 1
+            raise Overloaded(f"the server's {self.name} capacity stayed busy for {wait:g} s; "
+                             "retry shortly", retry_after=max(1, round(wait))) from None
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+def _row_events(rows: Sequence[asyncpg.Record], skipped: list[int]) -> list[Event]:
+    """The events of a page's rows, in order, up to the first row that came
+    without its data (past the page's byte budget)."""
+    events = []
+    for row in rows:
+        raw = row["data"]
+        if raw is None:
+            break
+        try:
+            events.append(Event.from_row(row["xid"], row["id"], row["stream"], row["type"], raw,
+                                         row["created_at"], row["epoch"]))
+        except Exception:  # noqa: BLE001 - one row must never stop a reader
+            # Building an event is byte formatting of values the database
+            # already turned to text; if that still fails, this reader skips
+            # the row and goes on (the watermark passes it).
+            skipped[0] += 1
+            log.exception("skipped an event that could not be built: position %s-%s",
+                          row["xid"], row["id"])
+    return events
+
+
+def _pruned(row: asyncpg.Record) -> Position | None:
+    return None if row["pruned_xid"] is None else Position(row["pruned_xid"], row["pruned_id"])
 
 
 async def _reset(connection: asyncpg.Connection) -> None:
@@ -86,29 +177,52 @@ async def _reset(connection: asyncpg.Connection) -> None:
 
 
 class EventStore:
-    """A pool for reads and writes, plus an optional replica pool for replay."""
+    """The live read's connection, pools for reads, publishing and background
+    work, and an optional replica pool for replay."""
 
-    def __init__(self, dsn: str, *, replica_dsn: str | None = None, pool_size: int = 4) -> None:
+    def __init__(self, dsn: str, *, replica_dsn: str | None = None,
+                 limits: StoreLimits = StoreLimits()) -> None:
         self.dsn = dsn
         self.replica_dsn = replica_dsn
-        self.pool_size = pool_size
-        self._pool: asyncpg.Pool | None = None
+        self.limits = limits
+        self.reads_capacity = Capacity("read", limits.read_connections, limits.wait, limits.queue)
+        self.publish_capacity = Capacity("publish", limits.publish_connections, limits.wait,
+                                         limits.queue)
+        self._reads: asyncpg.Pool | None = None
+        self._writes: asyncpg.Pool | None = None
+        self._background: asyncpg.Pool | None = None
         self._replica: asyncpg.Pool | None = None
+        self._live: asyncpg.Connection | None = None
+        self._live_lock = asyncio.Lock()
         self.reads = 0  # shared and catch-up reads, for tests and metrics
         self.replica_reads = 0
+        self.skipped_rows = 0  # rows a reader could not turn into an event
+        self._settings = {
+            "application_name": APPLICATION_NAME,
+            # Every statement ends; a parallel plan would bring worker
+            # processes that no capacity here accounts for.
+            "statement_timeout": str(max(1, int(limits.statement_timeout * 1000))),
+            "max_parallel_workers_per_gather": "0",
+        }
+
+    async def _pool(self, dsn: str, size: int) -> asyncpg.Pool:
+        # min_size 0: a command that only publishes never opens a read pool.
+        return await asyncpg.create_pool(dsn, min_size=0, max_size=size, command_timeout=60,
+                                         reset=_reset, server_settings=self._settings)
 
     async def open(self) -> None:
-        settings = {"application_name": APPLICATION_NAME}
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                               command_timeout=60, reset=_reset,
-                                               server_settings=settings)
+        limits = self.limits
+        self._reads = await self._pool(self.dsn, limits.read_connections)
+        self._writes = await self._pool(self.dsn, limits.publish_connections)
+        self._background = await self._pool(self.dsn, 1)
         if self.replica_dsn:
-            self._replica = await asyncpg.create_pool(self.replica_dsn, min_size=1,
-                                                      max_size=self.pool_size, command_timeout=60,
-                                                      reset=_reset, server_settings=settings)
+            self._replica = await self._pool(self.replica_dsn, limits.read_connections)
 
     async def close(self) -> None:
-        for pool in (self._pool, self._replica):
+        if self._live is not None:
+            self._live.terminate()
+            self._live = None
+        for pool in (self._reads, self._writes, self._background, self._replica):
             if pool is not None:
                 try:
                     # A graceful close waits for every connection to be
@@ -118,8 +232,7 @@ class EventStore:
                     pool.terminate()
 
     @asynccontextmanager
-    async def _connection(self, replica: bool = False) -> AsyncIterator[asyncpg.Connection]:
-        pool = self._replica if replica and self._replica is not None else self._pool
+    async def _connection(self, pool: asyncpg.Pool | None) -> AsyncIterator[asyncpg.Connection]:
         if pool is None:
             raise DatabaseUnavailable("the store is not open")
         try:
@@ -128,87 +241,144 @@ class EventStore:
         except _UNAVAILABLE as error:
             raise DatabaseUnavailable(str(error) or type(error).__name__) from error
 
+    async def _live_fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Run a statement on the live path's own connection (made on demand)."""
+        async with self._live_lock:
+            try:
+                if self._live is None or self._live.is_closed():
+                    async with asyncio.timeout(10):
+                        self._live = await asyncpg.connect(
+                            self.dsn, command_timeout=60, server_settings=self._settings)
+                rows: list[asyncpg.Record] = await self._live.fetch(sql, *args)
+                return rows
+            except _UNAVAILABLE as error:
+                if self._live is not None:
+                    self._live.terminate()
+                    self._live = None
+                raise DatabaseUnavailable(str(error) or type(error).__name__) from error
+
     async def horizon(self) -> Position:
         """A position before every event not yet final: where live starts."""
-        async with self._connection() as connection:
-            xmin = await connection.fetchval(query("snapshot_xmin"))
-        return Position.after_horizon(xmin)
+        rows = await self._live_fetch(query("snapshot_xmin"))
+        return Position.after_horizon(rows[0][0])
 
     async def read_live(self, after: Position, limit: int) -> Page:
         """The shared read of a wake-up: the final events after `after`."""
         self.reads += 1
-        async with self._connection() as connection:
-            rows = await connection.fetch(query("read_live"), str(after.xid), after.id, limit)
-        xmin: int = rows[0]["xmin"]
-        final = [r for r in rows if r["id"] is not None and r["xid"] < xmin]
-        held = len(final) < len(rows) and rows[0]["id"] is not None
-        full = len(rows) == limit and not held
-        events = _events(final)
-        # Held rows sort after every final row, so a page that holds some has
-        # read every final row: it covers the whole horizon.
-        covered = events[-1].position if full else max(after, Position.after_horizon(xmin))
-        return Page(events, covered, held, full)
-
-    async def read_selected(self, after: Position, limit: int, selector_sql: str,
-                            params: Sequence[Any], *, replica: bool = False) -> Page:
-        """One page of a subscriber's catch-up, filtered in SQL."""
-        self.reads += 1
-        sql = query("read_selected").replace("{selector}", selector_sql)
-        args = (str(after.xid), after.id, limit, *params)
-        if replica and self._replica is not None:
-            self.replica_reads += 1
-            try:
-                async with self._connection(replica=True) as connection:
-                    rows = await connection.fetch(sql, *args)
-            except (DatabaseUnavailable, asyncpg.PostgresError) as error:
-                # A replica that is down, or cancels the query in a recovery
-                # conflict, must not stop a replay the primary can serve.
-                log.warning("replica read failed, reading the primary: %s", error)
-                async with self._connection() as connection:
-                    rows = await connection.fetch(sql, *args)
+        rows = await self._live_fetch(query("read_live"), str(after.xid), after.id, limit,
+                                      self.limits.page_bytes)
+        head = rows[0]
+        xmin: int = head["xmin"]
+        pruned = _pruned(head)
+        if after.xid >= head["xmax"]:
+            # Past every transaction this database has started: the cluster
+            # was replaced or restored. Resume at its horizon.
+            return Page([], Position.after_horizon(xmin), False, False, pruned, future=True)
+        skipped = [0]
+        rows = rows if head["id"] is not None else []
+        events = _row_events(rows, skipped)
+        self.skipped_rows += skipped[0]
+        full = len(rows) == limit or len(events) + skipped[0] < len(rows)
+        if full:
+            last = rows[len(events) + skipped[0] - 1] if events or skipped[0] else None
+            covered = after if last is None else Position(last["xid"], last["id"])
         else:
-            async with self._connection() as connection:
-                rows = await connection.fetch(sql, *args)
-        xmin: int = rows[0]["xmin"]
-        events = _events(rows)
-        full = len(events) == limit
-        covered = events[-1].position if full else max(after, Position.after_horizon(xmin))
-        first = rows[0]
-        pruned = None if first["pruned_xid"] is None else \
-            Position(first["pruned_xid"], first["pruned_id"])
+            covered = max(after, Position.after_horizon(xmin))
+        return Page(events, covered, head["held"] and not full, full, pruned)
+
+    async def read_selected(self, after: Position, limit: int, selector: SelectorSql, *,
+                            replica: bool = False, wait: float | None = None) -> Page:
+        """One page of a subscriber's catch-up or of a JSON page, filtered in SQL.
+
+        At most `limit` events; bounded in rows examined and bytes (see
+        StoreLimits). `wait` bounds the wait for a read connection (None:
+        as long as it takes); past it, Overloaded. On the primary, a
+        position beyond anything handed out is reported as `future`.
+        """
+        self.reads += 1
+        limits = self.limits
+        replica = replica and self._replica is not None
+        sql = query("read_selected").replace("{streams}", selector.streams) \
+            .replace("{filter}", selector.filter)
+        args = (str(after.xid), after.id, limit + 1, limits.scan_rows, limits.page_bytes,
+                *selector.params)
+        async with self.reads_capacity.slot(wait):
+            if replica:
+                self.replica_reads += 1
+                try:
+                    async with self._connection(self._replica) as connection:
+                        rows = await connection.fetch(sql, *args)
+                except (DatabaseUnavailable, asyncpg.PostgresError) as error:
+                    # A replica that is down, or cancels the query in a recovery
+                    # conflict, must not stop a replay the primary can serve.
+                    log.warning("replica read failed, reading the primary: %s", error)
+                    replica = False
+            if not replica:
+                async with self._connection(self._reads) as connection:
+                    rows = await connection.fetch(sql, *args)
+        head = rows[0]
+        xmin: int = head["xmin"]
+        pruned = _pruned(head)
+        if not replica and after.xid >= head["xmax"]:
+            return Page([], Position.after_horizon(xmin), False, False, pruned, future=True)
+        if head["id"] is None:
+            return Page([], max(after, Position.after_horizon(xmin)), False, False, pruned)
+        hits = [row for row in rows if row["hit"]]
+        skipped = [0]
+        events = _row_events(hits[:limit], skipped)
+        self.skipped_rows += skipped[0]
+        taken = len(events) + skipped[0]  # hits handed over (or skipped), in order
+        last = rows[-1]
+        if taken < min(len(hits), limit):
+            # The byte budget ended the page before a match.
+            full, covered = True, Position(hits[taken - 1]["xid"], hits[taken - 1]["id"]) \
+                if taken else after
+        elif len(hits) > limit:
+            full, covered = True, Position(hits[limit - 1]["xid"], hits[limit - 1]["id"])
+        elif last["n"] == limits.scan_rows:
+            # The scan budget ended the page: everything up to the last row
+            # examined has been seen, matched or not.
+            full, covered = True, Position(last["xid"], last["id"])
+        else:
+            full, covered = False, max(after, Position.after_horizon(xmin))
         return Page(events, covered, False, full, pruned)
 
     async def pruned_position(self) -> Position | None:
-        async with self._connection() as connection:
+        async with self._connection(self._background) as connection:
             row = await connection.fetchrow(query("pruned_position"))
         return None if row is None else Position(row[0], row[1])
 
     async def prune_batch(self, older_than: timedelta, limit: int) -> tuple[int, Position | None]:
         """Delete at most `limit` of the oldest final events created before
         now - `older_than`; return how many and the highest position deleted."""
-        async with self._connection() as connection:
+        async with self._connection(self._background) as connection:
             cutoff = await connection.fetchval("SELECT clock_timestamp() - $1::interval",
                                                older_than)
             row = await connection.fetchrow(query("prune_batch"), cutoff, limit)
         deleted: int = row["deleted"]
         return deleted, None if row["xid"] is None else Position(row["xid"], row["id"])
 
-    async def publish(self, batch: Batch, idempotency_key: str | None = None) -> Published:
+    async def publish(self, batch: Batch, idempotency_key: str | None = None,
+                      subject: str = "") -> Published:
         """Write a batch in one transaction (one statement); return the ids.
 
-        With an idempotency key the key is recorded in the same transaction:
-        if it was recorded before (by any process), nothing is written and the
-        first request's ids and fingerprint come back with `replayed` set.
+        With an idempotency key the key is recorded in the same transaction,
+        in its scope (the stream and `subject`): if it was recorded before
+        (by any process), nothing is written and the first request's ids and
+        fingerprint come back with `replayed` set. Waits at most the
+        configured time for a publishing connection (else Overloaded).
         """
         try:
-            async with self._connection() as connection:
+            async with self.publish_capacity.slot(self.limits.wait), \
+                    self._connection(self._writes) as connection:
                 if idempotency_key is None:
                     ids = await connection.fetchval(query("publish_batch"), batch.stream,
                                                     batch.events_json)
                     return Published(ids, False, batch.fingerprint)
                 assert batch.fingerprint is not None, "an idempotent batch needs its fingerprint"
                 row = await connection.fetchrow(query("publish_idempotent"), idempotency_key,
-                                                batch.fingerprint, batch.stream, batch.events_json)
+                                                subject, batch.fingerprint, batch.stream,
+                                                batch.events_json)
         except asyncpg.DataError as error:
             # The checks in sse_stream.batch run first; this is the backstop
             # for anything jsonb refuses that they let through.
@@ -217,10 +387,6 @@ class EventStore:
 
     async def prune_idempotency_keys(self, older_than: float) -> int:
         """Forget idempotency keys recorded more than `older_than` seconds ago."""
-        async with self._connection() as connection:
+        async with self._connection(self._background) as connection:
             status: str = await connection.execute(query("prune_idempotency_keys"), older_than)
         return int(status.split()[-1])
-
-    async def ping(self) -> None:
-        async with self._connection() as connection:
-            await connection.fetchval("SELECT 1")

@@ -9,12 +9,14 @@ from typing import Any, Callable, Protocol
 
 from .events import Event, Position
 from .patterns import StreamPattern, TypeFilter
+from .queries import SelectorSql
 from .response import Payload, SseResponse
 
-# Parameters $1..$3 of read_selected are the position and the page size.
-FIRST_SELECTOR_PARAM = 4
+# Parameters $1..$5 of read_selected are the position, the page size, the
+# rows a page may examine and its byte budget.
+FIRST_SELECTOR_PARAM = 6
 
-__all__ = ["DataPredicate", "Payload", "Selector", "Subscription"]
+__all__ = ["DataPredicate", "Payload", "Selector", "SelectorSql", "Subscription"]
 
 
 class DataPredicate(Protocol):
@@ -46,8 +48,8 @@ class Selector:
     def matches(self, event: Event) -> bool:
         return self.matches_stream(event.stream) and self.accepts(event)
 
-    def to_sql(self, first_param: int = FIRST_SELECTOR_PARAM) -> tuple[str, list[Any]]:
-        """A boolean SQL expression over `ev` and its bind values."""
+    def to_sql(self, first_param: int = FIRST_SELECTOR_PARAM) -> SelectorSql:
+        """Boolean SQL expressions over `ev` and their bind values."""
         params: list[Any] = []
 
         def bind(value: Any) -> str:
@@ -75,7 +77,8 @@ class Selector:
                     for prefix in prefixes)
                 regex_term = f"({regex_term} AND ({ranges}))"
             stream_terms.append(regex_term)
-        terms = ["(" + " OR ".join(stream_terms) + ")"]
+        streams = "(" + " OR ".join(stream_terms) + ")"
+        terms = []
         if self.types is not None:
             type_terms = []
             if self.types.exact:
@@ -85,7 +88,7 @@ class Selector:
             terms.append("(" + " OR ".join(type_terms) + ")")
         if self.data is not None:
             terms.append(f"({self.data.to_sql('ev.data', bind)})")
-        return " AND ".join(terms), params
+        return SelectorSql(streams, " AND ".join(terms) or "true", params)
 
 
 def _successor(prefix: str) -> str:

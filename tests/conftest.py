@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -99,3 +100,24 @@ async def start_server(dsn: str) -> AsyncIterator[StartServer]:
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+async def fresh_dsn(dsn: str) -> AsyncIterator[str]:
+    """A database of its own, dropped after the test: for tests that prune, or
+    fill the table, and so must not see or touch the other tests' events."""
+    name = "fresh_" + uuid.uuid4().hex[:10]
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    except asyncpg.InsufficientPrivilegeError:
+        await admin.close()
+        pytest.skip("cannot create a database with SSE_STREAM_TEST_DSN")
+    parts = urlsplit(dsn)
+    value = urlunsplit(parts._replace(path="/" + name))
+    await migrate_dsn(value)
+    try:
+        yield value
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()

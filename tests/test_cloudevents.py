@@ -32,8 +32,9 @@ def _check_cloudevent(document: dict[str, object], id_: int, stream: str, type_:
 
 
 def test_cloudevent_is_encoded_once_per_event() -> None:
-    event = Event.from_row(10, 42, "orders.1", "order.created", '{"a": [1, 2]}',
-                           datetime(2026, 11, 26, 14, 3, 7, 123456, tzinfo=timezone.utc))
+    time = datetime(2026, 11, 26, 14, 3, 7, 123456, tzinfo=timezone.utc)
+    event = Event.from_row(10, 42, "orders.1", "order.created", b'{"a": [1, 2]}',
+                           "2026-11-26T14:03:07.123456Z", time.timestamp())
     first = event.cloudevent
     assert event.cloudevent is first and event.cloudevent_sse is event.cloudevent_sse
     document = orjson.loads(first)

@@ -6,10 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -20,41 +17,26 @@ from conftest import publish
 from sse import envelope, open_stream
 from test_serve import ROOT
 from sse_stream.app import create_app
-from sse_stream.migrate import migrate_dsn
 from sse_stream.retention import parse_age
 from sse_stream.settings import Settings
 
 STREAM = "orders"
 
 
-@pytest.fixture
-async def fresh_dsn(dsn: str) -> AsyncIterator[str]:
-    """A database of its own: pruning reads the whole table in stream order."""
-    name = "retention_" + uuid.uuid4().hex[:10]
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    except asyncpg.InsufficientPrivilegeError:
-        await admin.close()
-        pytest.skip("cannot create a database with SSE_STREAM_TEST_DSN")
-    parts = urlsplit(dsn)
-    value = urlunsplit(parts._replace(path="/" + name))
-    await migrate_dsn(value)
-    try:
-        yield value
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 async def _old(connection: asyncpg.Connection, count: int, days: int = 40) -> list[str]:
-    """`count` events created `days` ago, one transaction each; their positions."""
+    """`count` events created `days` ago, one transaction each; their positions.
+
+    The table stamps every row with the time of its transaction; only a
+    session that disables user triggers (an import, here a test) can backdate.
+    """
     positions = []
     for n in range(count):
-        positions.append(await connection.fetchval(
-            "INSERT INTO sse_stream.events (stream, type, data, created_at) "
-            "VALUES ($1, 'old', $2::text::jsonb, now() - make_interval(days => $3)) "
-            "RETURNING xid::text || '-' || id", STREAM, f'{{"n": {n}}}', days))
+        async with connection.transaction():
+            await connection.execute("SET LOCAL session_replication_role = replica")
+            positions.append(await connection.fetchval(
+                "INSERT INTO sse_stream.events (stream, type, data, created_at) "
+                "VALUES ($1, 'old', $2::text::jsonb, now() - make_interval(days => $3)) "
+                "RETURNING xid::text || '-' || id", STREAM, f'{{"n": {n}}}', days))
     return positions
 
 
