@@ -217,7 +217,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     live_objects: dict[str, Any] = {}
     registry = CollectorRegistry()
-    registry.register(HubCollector(lambda: live_objects))
+    registry.register(HubCollector(lambda: live_objects, settings.metrics_stream_labels))
     registry.register(ProcessCollector(registry=None))
     app[LIVE_OBJECTS], app[REGISTRY] = live_objects, registry
     app[ASYNCAPI] = orjson.loads(

@@ -4,6 +4,10 @@ Nothing on the hot path touches a prometheus object: the hub counts with
 plain integers (and two small bucket arrays updated once per wake-up or once
 per event read, never per subscriber), and `HubCollector` turns them into
 metric families when /metrics is scraped.
+
+No label carries a client-chosen value unless the operator asks for it
+(`metrics_stream_labels`): stream names can be user ids or other private
+data, and anyone who can scrape would read them.
 """
 
 from __future__ import annotations
@@ -51,10 +55,11 @@ class Buckets:
 class HubCollector(Collector):
     """Reads one process's hub, listener, store and retention on each scrape."""
 
-    def __init__(self, source: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, source: Callable[[], dict[str, Any]], stream_labels: bool = False) -> None:
         # `source` returns the live objects (hub, listener, store, retention):
         # the app creates them in its lifecycle, after the registry exists.
         self.source = source
+        self.stream_labels = stream_labels
         self.labelled: set[str] = set()
 
     def _label(self, text: str) -> str:
@@ -72,18 +77,23 @@ class HubCollector(Collector):
             return
         listener, store, retention = (objects.get("listener"), objects.get("store"),
                                       objects.get("retention"))
-        open_streams = GaugeMetricFamily(
-            "sse_stream_open_streams", "Open SSE streams, by the streams they asked for "
-            f"(the first {MAX_PATTERN_LABELS} distinct values, then 'other').", labels=["streams"])
-        by_label: dict[str, int] = {}
-        catching_up = 0
-        for subscription in list(hub.subscriptions):
-            label = self._label(subscription.streams)
-            by_label[label] = by_label.get(label, 0) + 1
-            catching_up += not subscription.live
-        for label, count in sorted(by_label.items()):
-            open_streams.add_metric([label], count)
-        yield open_streams
+        subscriptions = list(hub.subscriptions)
+        catching_up = sum(not subscription.live for subscription in subscriptions)
+        if self.stream_labels:
+            open_streams = GaugeMetricFamily(
+                "sse_stream_open_streams", "Open SSE streams, by the streams they asked for "
+                f"(the first {MAX_PATTERN_LABELS} distinct values, then 'other').",
+                labels=["streams"])
+            by_label: dict[str, int] = {}
+            for subscription in subscriptions:
+                label = self._label(subscription.streams)
+                by_label[label] = by_label.get(label, 0) + 1
+            for label, count in sorted(by_label.items()):
+                open_streams.add_metric([label], count)
+            yield open_streams
+        else:
+            yield GaugeMetricFamily("sse_stream_open_streams", "Open SSE streams.",
+                                    value=len(subscriptions))
         yield GaugeMetricFamily("sse_stream_streams_catching_up",
                                 "Open streams reading from the table instead of the live flow.",
                                 value=catching_up)

@@ -72,8 +72,14 @@ class Settings:
         default=86400.0, metadata={"help": "seconds an Idempotency-Key of HTTP publishing is "
                                            "remembered, at least (default 24 h)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    metrics_stream_labels: bool = field(
+        default=False, metadata={"help": "label sse_stream_open_streams by the streams clients "
+                                         "asked for (first 50 values, then 'other'); off: no "
+                                         "client-chosen text in /metrics"})
     # Access control (see README "Security").
-    jwt_secret: str | None = field(default=None, metadata={"help": "HS256 shared secret for tokens"})
+    jwt_secret: str | None = field(default=None,
+                                   metadata={"help": "HS256 shared secret for tokens (32 bytes "
+                                                     "or more)"})
     jwt_public_key: str | None = field(default=None,
                                        metadata={"help": "PEM file of the RS256/ES256 public key"})
     jwt_algorithm: str | None = field(default=None,

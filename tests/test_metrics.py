@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
 
 import aiohttp
 import asyncpg
@@ -11,16 +12,20 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import StartServer, publish
 from sse import open_stream
-import sse_stream.metrics
-from sse_stream.metrics import Buckets
+from sse_stream.metrics import MAX_PATTERN_LABELS, OTHER, Buckets
 
 
-async def _scrape(url: str) -> dict[str, float]:
+async def _scrape_text(url: str) -> str:
     async with aiohttp.ClientSession() as session:
         async with session.get(url) as response:
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/plain")
-            text = await response.text()
+            text: str = await response.text()
+            return text
+
+
+async def _scrape(url: str) -> dict[str, float]:
+    text = await _scrape_text(url)
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -30,14 +35,12 @@ async def _scrape(url: str) -> dict[str, float]:
 
 
 async def test_metrics_count_streams_deliveries_replays_and_lag(
-        start_server: StartServer, db: asyncpg.Connection, stream: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        start_server: StartServer, db: asyncpg.Connection, stream: str) -> None:
     server = await start_server()
     metrics_url = str(server.make_url("/metrics"))
     base = str(server.make_url("/streams/"))
     before = await _scrape(metrics_url)
     await publish(db, stream, "t", {"n": 0})
-    monkeypatch.setattr(sse_stream.metrics, "MAX_PATTERN_LABELS", 2)
     async with open_stream(base + stream) as a, open_stream(base + stream) as b, \
             open_stream(base + f"{stream}.*") as c, open_stream(base + f"{stream}.x.>") as d, \
             open_stream(base + stream + "?last_event_id=0&type=zzz") as e:
@@ -48,10 +51,8 @@ async def test_metrics_count_streams_deliveries_replays_and_lag(
         await a.take(3)
         await b.take(3)
         after = await _scrape(metrics_url)
-    labels = {k: v for k, v in after.items() if k.startswith("sse_stream_open_streams{")}
-    # Two distinct values get a label of their own (in the order seen); the rest is "other".
-    assert sum(labels.values()) == 5
-    assert len(labels) == 3 and labels["sse_stream_open_streams{streams=other}"] >= 1
+    assert after["sse_stream_open_streams"] == 5
+    assert not any(k.startswith("sse_stream_open_streams{") for k in after)
     assert after["sse_stream_events_delivered_total"] - before.get(
         "sse_stream_events_delivered_total", 0) >= 6
     assert after["sse_stream_streams_opened_total"] == 5
@@ -68,7 +69,47 @@ async def test_metrics_count_streams_deliveries_replays_and_lag(
     # The filtered replay from 0 read the table (it matched nothing: type zzz).
     assert after["sse_stream_database_reads_total"] > after["sse_stream_wakeups_total"]
     after_close = await _scrape(metrics_url)
-    assert not any(k.startswith("sse_stream_open_streams{") and v for k, v in after_close.items())
+    assert after_close["sse_stream_open_streams"] == 0
+
+
+async def test_no_client_chosen_text_in_metrics_by_default(
+        start_server: StartServer, stream: str) -> None:
+    server = await start_server()
+    url = str(server.make_url(f"/streams/{stream}.secret,{stream}.*?type=t{stream}"))
+    async with open_stream(url) as sse:
+        await sse.until(lambda parser: parser.last_event_id != "")
+        text = await _scrape_text(str(server.make_url("/metrics")))
+    assert "sse_stream_open_streams 1.0" in text
+    assert stream not in text
+
+
+async def test_stream_labels_when_turned_on_are_bounded(start_server: StartServer,
+                                                        stream: str) -> None:
+    server = await start_server(metrics_stream_labels=True)
+    metrics_url = str(server.make_url("/metrics"))
+    names = [f"{stream}.{n}" for n in range(MAX_PATTERN_LABELS + 2)]
+    async with AsyncExitStack() as stack:
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+
+        async def open_one(name: str) -> None:
+            sse = await stack.enter_async_context(
+                open_stream(str(server.make_url(f"/streams/{name}")), session=session))
+            await sse.until(lambda parser: parser.last_event_id != "")
+
+        await open_one(names[0])
+        assert (await _scrape(metrics_url))[f"sse_stream_open_streams{{streams={names[0]}}}"] == 1
+        for name in names[1:]:
+            await open_one(name)
+        after = await _scrape(metrics_url)
+    labels = {key.split("streams=", 1)[1][:-1]: value for key, value in after.items()
+              if key.startswith("sse_stream_open_streams{")}
+    # The first 50 distinct values (in the order seen) get a label of their
+    # own for the life of the process; every later one is counted as "other".
+    assert len(labels) == MAX_PATTERN_LABELS + 1 and labels.pop(OTHER) == 2
+    assert names[0] in labels and set(labels) <= set(names)
+    assert set(labels.values()) == {1}
+    assert "sse_stream_open_streams" not in after
 
 
 async def test_replayed_events_are_counted(start_server: StartServer, db: asyncpg.Connection,
