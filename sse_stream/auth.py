@@ -8,7 +8,12 @@ with the public key as the secret) fails verification.
 
 Claim: ``{"sse_stream": {"subscribe": [patterns], "publish": [patterns]}}``.
 A request is allowed when every stream pattern it asks for is contained in
-some pattern the token grants (see `allows`).
+some pattern the token grants (see `allows`). `exp` is required unless the
+configuration allows non-expiring tokens; a configured audience and issuer
+are required too. Every check is PyJWT's; whatever a token holds, a bad one
+is an `Unauthorized` (401), never another error.
+
+Without a key the server runs in protected mode (`AccessPolicy.check_loopback`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from .settings import Settings
 
 CLAIM = "sse_stream"
 ASYMMETRIC = ("RS256", "ES256")
+# RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+MIN_SECRET_BYTES = 32
 
 
 class Unauthorized(InvalidInput):
@@ -53,21 +60,44 @@ class TokenVerifier:
     algorithm: str
     key: Any  # the secret (str) or the public key object
     leeway: float = 10.0
+    require_exp: bool = True
+    audience: str | None = None
+    issuer: str | None = None
 
     def verify(self, token: str, param: str = "Authorization") -> Grant:
         """The grant of a valid token; raises Unauthorized naming `param`."""
+        # A JWT is base64url segments and dots. Header bytes that are not
+        # UTF-8 reach us as surrogate escapes, which PyJWT's own str-to-bytes
+        # step cannot encode: refuse anything that is not ASCII first.
+        if not token.isascii():
+            raise Unauthorized(param, "the token is not valid: a JWT is ASCII only")
+        required = [name for name, needed in (("exp", self.require_exp),
+                                              ("aud", self.audience is not None),
+                                              ("iss", self.issuer is not None)) if needed]
         try:
             claims = jwt.decode(token, self.key, algorithms=[self.algorithm],
-                                leeway=self.leeway)
+                                leeway=self.leeway, audience=self.audience, issuer=self.issuer,
+                                options={"require": required})
+        except jwt.MissingRequiredClaimError as error:
+            raise Unauthorized(param, f"the token has no {error.claim!r} claim, which this "
+                               "server requires") from None
         except jwt.ExpiredSignatureError:
             raise Unauthorized(param, "the token has expired") from None
         except jwt.ImmatureSignatureError:
             raise Unauthorized(param, "the token is not valid yet (nbf)") from None
         except jwt.InvalidAlgorithmError:
             raise Unauthorized(param, f"the token must be signed with {self.algorithm}") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized(param, "the token is not for this server (aud)") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized(param, "the token is not from the expected issuer (iss)") from None
         except jwt.InvalidTokenError:
-            raise Unauthorized(param, "the token is not valid (signature, algorithm or "
+            raise Unauthorized(param, "the token is not valid (signature, algorithm, claims or "
                                "format)") from None
+        except Exception:
+            # Garbage that PyJWT does not foresee (a header field of an
+            # unexpected JSON type, ...) is still only a bad token.
+            raise Unauthorized(param, "the token is not valid (format)") from None
         return grant_from_claims(claims, param)
 
 
@@ -86,9 +116,12 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
             raise Unauthorized(param, f"{CLAIM}.{name} holds an invalid stream pattern") from None
 
     exp = claims.get("exp")
+    try:
+        expires_at = float(exp) if isinstance(exp, (int, float)) else None
+    except OverflowError:  # an integer beyond any float: no end in sight
+        expires_at = None
     subject = claims.get("sub")
-    return Grant(patterns("subscribe"), patterns("publish"),
-                 float(exp) if isinstance(exp, (int, float)) else None,
+    return Grant(patterns("subscribe"), patterns("publish"), expires_at,
                  subject if isinstance(subject, str) else None)
 
 
@@ -107,11 +140,18 @@ def verifier_from_settings(settings: Settings) -> TokenVerifier | None:
     if settings.jwt_secret and settings.jwt_public_key:
         raise ValueError("configure either jwt_secret (HS256) or jwt_public_key "
                          "(RS256/ES256), not both")
+
+    def verifier(algorithm: str, key: Any) -> TokenVerifier:
+        return TokenVerifier(algorithm, key, settings.jwt_leeway,
+                             require_exp=not settings.allow_non_expiring_tokens,
+                             audience=settings.jwt_audience, issuer=settings.jwt_issuer)
+
     if settings.jwt_secret:
         algorithm = settings.jwt_algorithm or "HS256"
         if algorithm != "HS256":
             raise ValueError(f"jwt_algorithm {algorithm!r} does not go with jwt_secret: use HS256")
-        return TokenVerifier("HS256", settings.jwt_secret, settings.jwt_leeway)
+        check_secret(settings.jwt_secret)
+        return verifier("HS256", settings.jwt_secret)
     if settings.jwt_public_key:
         algorithm = settings.jwt_algorithm or "RS256"
         if algorithm not in ASYMMETRIC:
@@ -121,8 +161,20 @@ def verifier_from_settings(settings: Settings) -> TokenVerifier | None:
         # A parsed key object, not the PEM text: PyJWT then refuses to use it
         # as an HMAC secret even if the algorithm list were ever widened.
         key = jwt.algorithms.get_default_algorithms()[algorithm].prepare_key(pem)
-        return TokenVerifier(algorithm, key, settings.jwt_leeway)
+        return verifier(algorithm, key)
     return None
+
+
+def check_secret(secret: str) -> None:
+    """Raise ValueError for an HS256 secret shorter than MIN_SECRET_BYTES (a guessable key
+    lets anyone mint tokens offline) or one that is not text."""
+    try:
+        size = len(secret.encode())
+    except UnicodeEncodeError:
+        raise ValueError("jwt_secret is not valid UTF-8 text") from None
+    if size < MIN_SECRET_BYTES:
+        raise ValueError(f"jwt_secret is {size} bytes, fewer than {MIN_SECRET_BYTES}: use a "
+                         "random secret such as the output of 'openssl rand -hex 32'")
 
 
 def find_token(headers: Mapping[str, str], query: Mapping[str, str],
@@ -156,15 +208,17 @@ def parse_duration(text: str) -> float:
 
 
 def mint(secret: str, subscribe: Sequence[str], publish: Sequence[str], ttl: float,
-         subject: str | None = None, now: float | None = None) -> str:
+         subject: str | None = None, now: float | None = None, audience: str | None = None,
+         issuer: str | None = None) -> str:
     """An HS256 token granting `subscribe` and `publish` patterns for `ttl` seconds."""
     for text in (*subscribe, *publish):
         parse_pattern(text, "pattern")
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {"iat": issued, "exp": issued + int(ttl),
                               CLAIM: {"subscribe": list(subscribe), "publish": list(publish)}}
-    if subject is not None:
-        claims["sub"] = subject
+    for name, value in (("sub", subject), ("aud", audience), ("iss", issuer)):
+        if value is not None:
+            claims[name] = value
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -185,7 +239,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 @dataclass(frozen=True)
 class AccessPolicy:
     """Who may do what: the token verifier (None: protected mode), the streams
-    open to everyone, and the proxies whose X-Forwarded-For is believed."""
+    open to everyone, and the proxies whose forwarding headers are believed."""
 
     verifier: TokenVerifier | None
     anonymous: tuple[StreamPattern, ...] = ()
@@ -217,20 +271,72 @@ class AccessPolicy:
                 p.text for p in self.anonymous)
         return mode
 
-    def client_address(self, remote: str | None, forwarded_for: str | None) -> Address | None:
+    def client_address(self, remote: str | None, forwarded_for: Sequence[str] = (),
+                       forwarded: Sequence[str] = ()) -> Address | None:
         """The client's address: the peer, or, when the peer is a trusted proxy,
-        the nearest X-Forwarded-For entry that is not itself a trusted proxy."""
+        the nearest hop of its forwarding headers that is not itself a trusted proxy.
+
+        `forwarded_for` and `forwarded` are every line of X-Forwarded-For and of
+        Forwarded. When a request has both, X-Forwarded-For names the client: it
+        is what nearly every proxy appends, while a Forwarded line may then be
+        the client's own (`check_loopback` requires both to be loopback).
+        """
         peer = _address(remote)
-        if peer is None or forwarded_for is None or not self._trusted(peer):
+        if peer is None or not self._trusted(peer):
             return peer
-        hops = [item.strip() for item in forwarded_for.split(",")]
+        for name, lines in (("X-Forwarded-For", forwarded_for), ("Forwarded", forwarded)):
+            if lines:
+                return self._nearest_untrusted(name, lines)
+        return peer
+
+    def check_loopback(self, remote: str | None, host: str | None,
+                       forwarded_for: Sequence[str] = (), forwarded: Sequence[str] = ()) -> None:
+        """Protected mode: raise a 403 unless a loopback client asked for a loopback name.
+
+        Forwarding headers from a peer that is not a trusted proxy are refused,
+        not ignored: they show that a proxy or tunnel on this machine relays
+        other clients, which would all look local. A `Host` that is not a
+        loopback name is refused too: a page of another site whose name is
+        re-pointed at 127.0.0.1 (DNS rebinding) reaches us from the user's own
+        browser, on loopback, but with its own name as the Host. A request
+        without Host (HTTP/1.0) names nothing to rebind: browsers always send it.
+        """
+        peer = _address(remote)
+        headers = {"X-Forwarded-For": forwarded_for, "Forwarded": forwarded}
+        clients: list[Address | None]
+        if peer is not None and self._trusted(peer):
+            clients = [self._nearest_untrusted(name, lines)
+                       for name, lines in headers.items() if lines] or [peer]
+        else:
+            for name, lines in headers.items():
+                if lines:
+                    raise InvalidInput(name, "the server runs in protected mode and this "
+                                       "request was relayed by a peer that is not in "
+                                       "trusted_proxies; configure a token key to serve "
+                                       "clients through a proxy", status=403)
+            clients = [peer]
+        if not all(client is not None and client.is_loopback for client in clients):
+            raise InvalidInput("Authorization", "the server runs in protected mode: "
+                               "only loopback clients may subscribe or publish", status=403)
+        if host is not None and not is_loopback_host(host):
+            raise InvalidInput("Host", f"the server runs in protected mode and {host!r:.80} "
+                               "is not a loopback name (localhost, 127.0.0.1, [::1]); "
+                               "configure a token key to serve other names", status=403)
+
+    def _nearest_untrusted(self, header: str, lines: Sequence[str]) -> Address:
+        """Right to left, the first hop that is not a trusted proxy (all trusted: the first)."""
+        hops = _HOPS[header](lines)
+        if not hops:
+            raise InvalidInput(header, "names no client address")
+        address: Address | None = None
         for hop in reversed(hops):
-            address = _address(hop)
+            address = _node(hop)
             if address is None:
-                raise InvalidInput("X-Forwarded-For", "not a list of IP addresses")
+                raise InvalidInput(header, f"{hop!r:.60} is not an IP address")
             if not self._trusted(address):
                 return address
-        return _address(hops[0])
+        assert address is not None
+        return address
 
     def _trusted(self, address: Address) -> bool:
         return any(address in network for network in self.trusted_proxies)
@@ -240,6 +346,88 @@ def _address(text: str | None) -> Address | None:
     if not text:
         return None
     try:
-        return ipaddress.ip_address(text.split("%")[0])
+        address = ipaddress.ip_address(text.split("%")[0])
     except ValueError:
         return None
+    # A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d: the same client.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+_PORT = re.compile(r"\d{1,5}|_[0-9A-Za-z._-]+")  # RFC 7239 node-port (or obfuscated)
+
+
+def _node(text: str) -> Address | None:
+    """The address of a hop: `203.0.113.9`, `2001:db8::1`, with a port `203.0.113.9:4711`
+    or `[2001:db8::1]:4711`; None for anything else (`unknown`, obfuscated names, junk)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and _PORT.fullmatch(rest[1:]))):
+            return None
+        return _address(host)
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return _address(host) if _PORT.fullmatch(port) else None
+    return _address(text)
+
+
+def _x_forwarded_for_hops(lines: Sequence[str]) -> list[str]:
+    return [item for line in lines for item in line.split(",")]
+
+
+_TCHAR = r"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+_FORWARDED_PART = re.compile(
+    rf'\s*(?:(?P<separator>[;,])|(?P<name>{_TCHAR}+)='
+    rf'(?P<value>"(?:[^"\\]|\\.)*"|(?:{_TCHAR}|[:\[\]])+))\s*')
+
+
+def _forwarded_hops(lines: Sequence[str]) -> list[str]:
+    """The `for=` node of each element of every Forwarded line (RFC 7239), in order;
+    "" for an element without one."""
+    hops: list[str] = []
+    for line in lines:
+        element: dict[str, str] = {}
+        position, after_pair = 0, False
+        while position < len(line):
+            match = _FORWARDED_PART.match(line, position)
+            if match is None or (after_pair and match["name"]):
+                raise InvalidInput("Forwarded", "not a list of name=value pairs (RFC 7239)")
+            position = match.end()
+            after_pair = bool(match["name"])
+            if match["name"]:
+                name, value = match["name"].lower(), match["value"]
+                if name in element:
+                    raise InvalidInput("Forwarded", f"{name}= appears twice in one element")
+                if value.startswith('"'):
+                    value = re.sub(r"\\(.)", r"\1", value[1:-1])
+                element[name] = value
+            elif match["separator"] == ",":
+                if element:
+                    hops.append(element.get("for", ""))
+                element = {}
+        if element:
+            hops.append(element.get("for", ""))
+    return hops
+
+
+_HOPS = {"X-Forwarded-For": _x_forwarded_for_hops, "Forwarded": _forwarded_hops}
+
+_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\[\]:]+))(?::\d{0,5})?")
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for a Host header that names this machine's loopback: `localhost`,
+    `*.localhost`, `127.x.x.x` or `[::1]`, with or without a port."""
+    match = _HOST.fullmatch(host.strip()) if host else None
+    if match is None:
+        return False
+    if match["ipv6"] is not None:
+        address = _address(match["ipv6"])
+        return address is not None and address.is_loopback
+    name = match["name"].lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    address = _address(name)
+    return isinstance(address, ipaddress.IPv4Address) and address.is_loopback

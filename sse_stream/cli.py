@@ -84,8 +84,17 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .auth import AccessPolicy
+
     settings = _settings(args)
     _configure_logging(settings)
+    # Access settings are checked before any database starts: a bad key or
+    # a short secret costs nothing but this message.
+    try:
+        policy = AccessPolicy.from_settings(settings)
+    except (OSError, ValueError) as error:
+        print(f"sse-stream serve: {error}", file=sys.stderr)
+        return 2
     settings, embedded = _ensure_database(settings)
     try:
         if not settings.no_migrate:
@@ -93,13 +102,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             assert settings.dsn is not None
             asyncio.run(migrate_dsn(settings.dsn))
-        from .auth import AccessPolicy
-
-        try:
-            policy = AccessPolicy.from_settings(settings)
-        except (OSError, ValueError) as error:
-            print(f"sse-stream serve: {error}", file=sys.stderr)
-            return 2
         # Loud on purpose: an operator must not mistake protected mode for a
         # configured one, nor miss which streams are open to everyone.
         log.log(logging.WARNING if policy.verifier is None or policy.anonymous else logging.INFO,
@@ -274,7 +276,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from .auth import mint, parse_duration
+    from .auth import check_secret, mint, parse_duration
     from .errors import InvalidInput
 
     settings = _settings(args)
@@ -282,14 +284,21 @@ def cmd_token(args: argparse.Namespace) -> int:
         print("sse-stream token: needs the HS256 secret: --jwt-secret or "
               f"{env_name('jwt_secret')}", file=sys.stderr)
         return 2
+    try:
+        check_secret(settings.jwt_secret)
+    except ValueError as error:
+        print(f"sse-stream token: {error}", file=sys.stderr)
+        return 2
 
     def patterns(values: list[str]) -> list[str]:
         return [p.strip() for value in values for p in value.split(",") if p.strip()]
 
     try:
         ttl = parse_duration(args.ttl)
+        # The server's own audience and issuer settings are the defaults.
         token = mint(settings.jwt_secret, patterns(args.subscribe), patterns(args.publish), ttl,
-                     subject=args.sub)
+                     subject=args.sub, audience=args.aud or settings.jwt_audience,
+                     issuer=args.iss or settings.jwt_issuer)
     except ValueError as error:
         print(f"sse-stream token: --ttl: {error}", file=sys.stderr)
         return 2
@@ -358,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stream pattern the token may publish to (repeatable or comma list)")
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 30d (default 1h)")
     token.add_argument("--sub", default=None, help="subject claim (e.g. the user id)")
+    token.add_argument("--aud", default=None,
+                       help=f"audience claim (default: {env_name('jwt_audience')})")
+    token.add_argument("--iss", default=None,
+                       help=f"issuer claim (default: {env_name('jwt_issuer')})")
     token.set_defaults(func=cmd_token)
     return parser
 

@@ -6,6 +6,7 @@ application/problem+json response by `problem_middleware`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .auth import AccessPolicy, Grant, Unauthorized, allows, find_token
+from .auth import AccessPolicy, Address, Grant, Unauthorized, allows, find_token
 from .batch import parse_body, validate_idempotency_key
 from .errors import DatabaseUnavailable, InvalidInput, Overloaded
 from .events import ORIGIN, Position, parse_position
@@ -55,7 +56,8 @@ class OpenStreams:
         mine = self.by_client.get(client, 0)
         if settings.max_streams_per_client and mine >= settings.max_streams_per_client:
             raise InvalidInput("streams", f"{mine} streams are open from {client}, the limit "
-                               "per client address", status=429, headers={"Retry-After": "5"})
+                               "per client address (IPv6: per /64)", status=429,
+                               headers={"Retry-After": "5"})
         self.total += 1
         self.by_client[client] = mine + 1
 
@@ -66,6 +68,14 @@ class OpenStreams:
             self.by_client[client] = left
         else:
             del self.by_client[client]
+
+
+def client_group(address: Address) -> str:
+    """What the per-client limit counts by: an IPv4 address, or an IPv6 address's
+    /64 (one host or subscriber line is given a whole /64 and may use any of it)."""
+    if address.version == 6:
+        return str(ipaddress.ip_network((address, 64), strict=False))
+    return str(address)
 
 
 OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)
@@ -127,20 +137,19 @@ async def problem_middleware(request: web.Request,
         return problem(500, "an unexpected error occurred; it has been logged")
 
 
-def client_address(request: web.Request) -> str:
-    """The client's address (X-Forwarded-For believed only from trusted proxies)."""
-    address = request.app[ACCESS].client_address(request.remote,
-                                                  request.headers.get("X-Forwarded-For"))
-    return str(address) if address is not None else (request.remote or "")
+def client_address(request: web.Request) -> Address | None:
+    """The client's address (forwarding headers believed only from trusted proxies)."""
+    return request.app[ACCESS].client_address(request.remote,
+                                              request.headers.getall("X-Forwarded-For", []),
+                                              request.headers.getall("Forwarded", []))
 
 
 def _check_loopback(request: web.Request) -> None:
-    """Protected mode: with no token key configured, only loopback clients."""
-    address = request.app[ACCESS].client_address(request.remote,
-                                                  request.headers.get("X-Forwarded-For"))
-    if address is None or not address.is_loopback:
-        raise InvalidInput("Authorization", "the server runs in protected mode: "
-                           "only loopback clients may subscribe or publish", status=403)
+    """Protected mode: with no token key configured, only loopback clients, asking
+    for a loopback name."""
+    request.app[ACCESS].check_loopback(request.remote, request.headers.get("Host"),
+                                       request.headers.getall("X-Forwarded-For", []),
+                                       request.headers.getall("Forwarded", []))
 
 
 def authorize(request: web.Request, action: Literal["subscribe", "publish"],
@@ -163,7 +172,13 @@ def authorize(request: web.Request, action: Literal["subscribe", "publish"],
         raise Unauthorized("Authorization", f"a token is needed to {action}: send "
                            "'Authorization: Bearer <token>', access_token, or the "
                            f"{policy.cookie} cookie")
-    grant = policy.verifier.verify(*found)
+    token, where = found
+    if action == "publish" and where == policy.cookie:
+        # A browser sends cookies with a cross-site form or fetch: a cookie
+        # alone must never be enough to write events.
+        raise Unauthorized(where, "a token from the cookie does not authorize publishing: "
+                           "send it as 'Authorization: Bearer <token>'")
+    grant = policy.verifier.verify(token, where)
     granted = grant.subscribe if action == "subscribe" else grant.publish
     if not allows((*granted, *anonymous), patterns):
         refused = next(p.text for p in patterns if not allows((*granted, *anonymous), [p]))
@@ -221,9 +236,11 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         # while its queue is full, new replays are refused before they start.
         request.app[STORE].reads_capacity.admit()
 
-    client = client_address(request)
+    address = client_address(request)
+    client = str(address) if address is not None else (request.remote or "")
+    group = client_group(address) if address is not None else client
     open_streams = request.app[OPEN_STREAMS]
-    open_streams.open(client, settings)
+    open_streams.open(group, settings)
     try:
         response = SseResponse()
         await response.prepare(request)
@@ -249,7 +266,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         await response.finish()
         return response
     finally:
-        open_streams.close(client)
+        open_streams.close(group)
 
 
 async def read_page(request: web.Request) -> web.Response:
@@ -306,6 +323,7 @@ async def publish(request: web.Request) -> web.Response:
     """
     stream = validate_stream_name(request.match_info["stream"], "stream")
     grant = authorize(request, "publish", (parse_pattern(stream, "stream"),), "stream")
+    _check_json(request)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         validate_idempotency_key(key)
@@ -321,6 +339,20 @@ async def publish(request: web.Request) -> web.Response:
         headers["Idempotent-Replayed"] = "true"
     return web.Response(status=201, body=b'{"ids":%s}' % orjson.dumps(published.ids),
                         content_type="application/json", headers=headers)
+
+
+def _check_json(request: web.Request) -> None:
+    """A publish body must be declared JSON (parameters such as charset aside).
+
+    A cross-site form or `no-cors` fetch can only send text/plain, form or
+    multipart bodies: refusing them before reading a byte keeps any page a
+    user visits from writing events with that user's cookie or address.
+    """
+    value = request.headers.get("Content-Type", "")
+    if value.partition(";")[0].strip().lower() != "application/json":
+        raise InvalidInput("Content-Type", "the body must be sent as 'Content-Type: "
+                           "application/json'", status=415,
+                           headers={"Accept-Post": "application/json"})
 
 
 async def _read_body(request: web.Request) -> bytes:

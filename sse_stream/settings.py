@@ -87,6 +87,13 @@ class Settings:
                                                         "RS256 (default) or ES256 with a key"})
     jwt_leeway: float = field(default=10.0,
                               metadata={"help": "seconds of clock skew allowed on exp/nbf"})
+    allow_non_expiring_tokens: bool = field(
+        default=False, metadata={"help": "accept tokens without an exp claim (default: refused)"})
+    jwt_audience: str | None = field(
+        default=None, metadata={"help": "tokens must carry this aud claim (unset: a token with "
+                                        "an aud is refused)"})
+    jwt_issuer: str | None = field(default=None,
+                                   metadata={"help": "tokens must carry this iss claim"})
     token_cookie: str = field(default="sse_stream_token",
                               metadata={"help": "cookie that may carry the token"})
     token_expiry_margin: float = field(default=30.0,
@@ -97,7 +104,8 @@ class Settings:
                                                               "anyone may read without a token"})
     trusted_proxies: str | None = field(default=None,
                                         metadata={"help": "comma list of proxy addresses whose "
-                                                          "X-Forwarded-For is believed"})
+                                                          "X-Forwarded-For and Forwarded "
+                                                          "headers are believed"})
     cors_origins: str | None = field(default=None,
                                      metadata={"help": "comma list of origins allowed by CORS "
                                                        "(or *)"})

@@ -1,5 +1,6 @@
 """Access control against a running server and the real PostgreSQL: tokens,
-containment, protected mode, anonymous patterns, token expiry, the token command."""
+containment, protected mode, forwarding headers and Host, anonymous patterns,
+token expiry, the token command."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import asyncpg
@@ -19,6 +24,7 @@ import jwt
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -30,11 +36,13 @@ SECRET = "a-test-secret-of-at-least-32-bytes-long"
 
 
 def token(subscribe: list[str] | None = None, publish_: list[str] | None = None,
-          ttl: float = 300, key: Any = SECRET, algorithm: str = "HS256",
+          ttl: float | None = 300, key: Any = SECRET, algorithm: str = "HS256",
           **claims: Any) -> str:
-    now = time.time()
-    body: dict[str, Any] = {"exp": int(now + ttl),
-                            "sse_stream": {"subscribe": subscribe or [], "publish": publish_ or []}}
+    """A signed token; `ttl=None` leaves out `exp`."""
+    body: dict[str, Any] = {"sse_stream": {"subscribe": subscribe or [],
+                                           "publish": publish_ or []}}
+    if ttl is not None:
+        body["exp"] = int(time.time() + ttl)
     body.update(claims)
     return jwt.encode(body, key, algorithm=algorithm)
 
@@ -59,9 +67,13 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def request(server: TestServer, method: str, path: str, *,
-                  headers: dict[str, str] | None = None, cookies: dict[str, str] | None = None,
+                  headers: dict[str, str] | CIMultiDict[str] | None = None,
+                  cookies: dict[str, str] | None = None,
                   json: Any = None, data: Any = None) -> tuple[int, Any, Any]:
-    """One request; for a stream, the status and headers once the first bytes arrive."""
+    """One request; for a stream, the status and headers once the first bytes arrive.
+    A `data` body is sent as application/json unless `headers` name another type."""
+    if data is not None and "Content-Type" not in CIMultiDict(headers or {}):
+        headers = CIMultiDict(headers or {}, **{"Content-Type": "application/json"})
     async with client() as session:
         if cookies:
             session.cookie_jar.update_cookies(cookies, server.make_url("/"))
@@ -84,6 +96,41 @@ def assert_problem(result: tuple[int, Any, Any], status: int, param: str) -> dic
     assert body["status"] == status and body["param"] == param
     assert {"type", "title", "detail"} <= set(body)
     return dict(body)
+
+
+async def raw_request(server: TestServer, target: str, lines: list[bytes],
+                      method: str = "GET", host: bytes | None = b"127.0.0.1",
+                      body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.0 request written byte for byte (header values that are not
+    UTF-8, no Host at all); the server closes the connection after answering."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        head = [f"{method} {target} HTTP/1.0".encode(), *lines]
+        if host is not None:
+            head.insert(1, b"Host: " + host)
+        if body:
+            head.append(b"Content-Length: %d" % len(body))
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head_bytes, _, content = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, content
+
+
+def assert_raw_problem(result: tuple[int, dict[str, str], bytes], status: int,
+                       param: str) -> dict[str, Any]:
+    code, headers, content = result
+    assert code == status, content
+    assert headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = orjson.loads(content)
+    assert body["status"] == status and body["param"] == param
+    return body
 
 
 @pytest.fixture
@@ -185,6 +232,160 @@ async def test_bad_tokens_are_refused_with_401(start_server: StartServer, stream
                    401, "Authorization")
 
 
+def _sign(header: bytes, claims: bytes, key: bytes = SECRET.encode()) -> str:
+    """A JWT of exactly these header and claims bytes, signed with `key` (HS256)."""
+    signing_input = _b64(header) + "." + _b64(claims)
+    return signing_input + "." + _b64(hmac.new(key, signing_input.encode(),
+                                               hashlib.sha256).digest())
+
+
+async def test_malformed_tokens_are_401_never_500(start_server: StartServer,
+                                                  stream: str) -> None:
+    server = await start_server(jwt_secret=SECRET)
+    path = f"/streams/{stream}/events"
+    exp = int(time.time()) + 300
+    header = b'{"alg":"HS256","typ":"JWT"}'
+    claims = b'{"exp":%d,"sse_stream":{"subscribe":["%s"]}}' % (exp, stream.encode())
+    deep = b"[" * 2000 + b"]" * 2000  # deeper than Python's recursion limit, within a header
+
+    def unsigned(head: bytes, body: bytes = claims) -> str:
+        return f"{_b64(head)}.{_b64(body)}.{_b64(b'signature')}"
+
+    cases = {
+        "bad base64": "a!b.c$d.e%f",
+        "one dot": "abc.def",
+        "empty segments": "..",
+        "header not JSON": unsigned(b"{not json"),
+        "header not UTF-8": unsigned(b'{"alg":"\xff\xfe"}'),
+        "header an array": unsigned(b"[1,2]"),
+        "header a string": unsigned(b'"HS256"'),
+        "header too deep": unsigned(b'{"alg":' + deep + b"}"),
+        "alg a list": unsigned(b'{"alg":["HS256"]}'),
+        "alg an object": unsigned(b'{"alg":{"HS256":1}}'),
+        "alg null": unsigned(b'{"alg":null}'),
+        "kid a number": unsigned(b'{"alg":"HS256","kid":5}'),
+        "crit junk": unsigned(b'{"alg":"HS256","crit":[1]}'),
+        # Signed with the right secret: only the claims are wrong.
+        "claims not UTF-8": _sign(header, b"\xff\xfe"),
+        "claims not JSON": _sign(header, b"{"),
+        "claims an array": _sign(header, b"[1]"),
+        "claims too deep": _sign(header, b'{"exp":%d,"x":%s}' % (exp, deep)),
+        "exp a string": _sign(header, b'{"exp":"tomorrow"}'),
+        "exp Infinity": _sign(header, b'{"exp":Infinity}'),
+        "exp NaN": _sign(header, b'{"exp":NaN}'),
+        "sub a number": _sign(header, b'{"exp":%d,"sub":5}' % exp),
+        "claim a list": _sign(header, b'{"exp":%d,"sse_stream":[1]}' % exp),
+        "patterns a string": _sign(header, b'{"exp":%d,"sse_stream":{"subscribe":"x"}}' % exp),
+        "bad pattern": _sign(header, b'{"exp":%d,"sse_stream":{"subscribe":["a.>.b"]}}' % exp),
+    }
+    for name, value in cases.items():
+        for where in ("Authorization", "access_token"):
+            if where == "Authorization":
+                result = await request(server, "GET", path,
+                                       headers={"Authorization": f"Bearer {value}"})
+            else:
+                result = await request(server, "GET", f"{path}?access_token={quote(value)}")
+            assert result[0] == 401, (name, where, result)
+            assert_problem(result, 401, where)
+    # A signed exp beyond any date is a token that does not end: still no 500.
+    endless = _sign(header, b'{"exp":1%s,"sse_stream":{"subscribe":["%s"]}}'
+                    % (b"0" * 400, stream.encode()))
+    assert (await request(server, "GET", path,
+                          headers={"Authorization": f"Bearer {endless}"}))[0] == 200
+
+
+async def test_tokens_that_are_not_ascii_are_401(start_server: StartServer, stream: str) -> None:
+    """Bytes that are not UTF-8 and characters that are not ASCII, in each place a token
+    may come from, written on a raw socket (a client library would refuse to send them)."""
+    server = await start_server(jwt_secret=SECRET)
+    path = f"/streams/{stream}/events"
+    good = token([stream]).encode()
+    cases = [
+        ([b"Authorization: Bearer \xff\xfe." + good], path, "Authorization"),
+        ([b"Authorization: Bearer " + good + b"\xc3"], path, "Authorization"),
+        ([b"Authorization: Bearer " + "\u00e9".encode() + good], path, "Authorization"),
+        ([b"Authorization: B\xffarer " + good], path, "Authorization"),
+        ([b"Cookie: sse_stream_token=\xff" + good], path, "sse_stream_token"),
+        ([b"Cookie: sse_stream_token=" + "\u00e9".encode() + good], path, "sse_stream_token"),
+        ([], f"{path}?access_token=%FF%FE{good.decode()}", "access_token"),
+        ([], f"{path}?access_token=%C3%A9{good.decode()}", "access_token"),
+    ]
+    for lines, target, param in cases:
+        assert_raw_problem(await raw_request(server, target, lines), 401, param)
+    # The same request with the token intact is served.
+    assert (await raw_request(server, path, [b"Authorization: Bearer " + good]))[0] == 200
+
+
+async def test_exp_is_required_unless_allowed(start_server: StartServer, stream: str) -> None:
+    path = f"/streams/{stream}/events"
+    forever = {"Authorization": f"Bearer {token([stream], ttl=None)}"}
+    strict = await start_server(jwt_secret=SECRET)
+    body = assert_problem(await request(strict, "GET", path, headers=forever), 401,
+                          "Authorization")
+    assert "'exp'" in body["detail"]
+    lenient = await start_server(jwt_secret=SECRET, allow_non_expiring_tokens=True)
+    assert (await request(lenient, "GET", path, headers=forever))[0] == 200
+    assert (await request(lenient, "GET", f"/streams/{stream}", headers=forever))[0] == 200
+    # An exp that is present is still honoured.
+    expired = {"Authorization": f"Bearer {token([stream], ttl=-60)}"}
+    assert_problem(await request(lenient, "GET", path, headers=expired), 401, "Authorization")
+
+
+async def test_audience_and_issuer_when_configured(start_server: StartServer,
+                                                  stream: str) -> None:
+    path = f"/streams/{stream}/events"
+    aud, iss = "sse.example", "https://auth.example"
+    server = await start_server(jwt_secret=SECRET, jwt_audience=aud, jwt_issuer=iss)
+
+    def bearer(**claims: Any) -> dict[str, str]:
+        # Signed by hand: PyJWT refuses to sign some of these claims.
+        signed = handmade({"alg": "HS256", "typ": "JWT"},
+                          {"exp": int(time.time()) + 300, "sse_stream": {"subscribe": [stream]},
+                           **claims}, SECRET.encode())
+        return {"Authorization": f"Bearer {signed}"}
+
+    for good in ({"aud": aud, "iss": iss}, {"aud": ["other.example", aud], "iss": iss}):
+        assert (await request(server, "GET", path, headers=bearer(**good)))[0] == 200
+    refused = [({"iss": iss}, "aud"), ({"aud": "other.example", "iss": iss}, "aud"),
+               ({"aud": 5, "iss": iss}, "aud"), ({"aud": aud}, "iss"),
+               ({"aud": aud, "iss": "https://evil.example"}, "iss"),
+               ({"aud": aud, "iss": ["https://auth.example"]}, "iss")]
+    for claims, word in refused:
+        body = assert_problem(await request(server, "GET", path, headers=bearer(**claims)), 401,
+                              "Authorization")
+        assert word in body["detail"], (claims, body)
+    # Without the settings, iss is not checked, and a token made for some
+    # audience is refused: this server is not it.
+    plain = await start_server(jwt_secret=SECRET)
+    assert (await request(plain, "GET", path, headers=bearer(iss="anyone")))[0] == 200
+    assert_problem(await request(plain, "GET", path, headers=bearer(aud="other.example")), 401,
+                   "Authorization")
+
+
+def test_short_secrets_are_refused_at_start(dsn: str, tmp_path: Path) -> None:
+    from sse_stream.app import create_app
+    from sse_stream.settings import Settings
+
+    for short in ("short", "x" * 31, "\u00e9" * 15):  # the last is 30 bytes of UTF-8
+        with pytest.raises(ValueError, match="fewer than 32"):
+            create_app(Settings(dsn=dsn, jwt_secret=short))
+    create_app(Settings(dsn=dsn, jwt_secret="\u00e9" * 16))  # 32 bytes
+    # serve says so in one line and exits 2 before it starts any database.
+    data_dir = tmp_path / "pgdata"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SSE_STREAM_") and k != "DATABASE_URL"}
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "sse_stream.cli", "serve", "--jwt-secret", "short",
+         "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60,
+        env={**env, "PYTHONPATH": str(root)}, cwd=root)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "sse-stream serve: jwt_secret is 5 bytes, fewer than 32: use a random secret such as "
+        "the output of 'openssl rand -hex 32'"]
+    assert not data_dir.exists()
+
+
 async def test_exp_within_the_leeway_is_still_accepted(start_server: StartServer,
                                                        stream: str) -> None:
     server = await start_server(jwt_secret=SECRET, jwt_leeway=30)
@@ -271,6 +472,24 @@ async def test_publish_needs_a_publish_grant(start_server: StartServer, db: asyn
     assert await count(db, f"{stream}.1.2") == 0 and await count(db, stream) == 0
 
 
+async def test_a_cookie_does_not_authorize_publishing(start_server: StartServer,
+                                                     db: asyncpg.Connection,
+                                                     stream: str) -> None:
+    server = await start_server(jwt_secret=SECRET)
+    writer = token([stream], [stream])
+    path = f"/streams/{stream}/events"
+    event = {"type": "t", "data": 1}
+    body = assert_problem(await request(server, "POST", path, cookies={"sse_stream_token": writer},
+                                        json=event), 401, "sse_stream_token")
+    assert "Authorization" in body["detail"]
+    assert await count(db, stream) == 0
+    # The cookie still reads; the same token in the header publishes.
+    assert (await request(server, "GET", path, cookies={"sse_stream_token": writer}))[0] == 200
+    assert (await request(server, "POST", path, headers={"Authorization": f"Bearer {writer}"},
+                          cookies={"sse_stream_token": writer}, json=event))[0] == 201
+    assert await count(db, stream) == 1
+
+
 # -- protected mode and anonymous patterns ----------------------------------------------
 
 
@@ -303,9 +522,110 @@ async def test_protected_mode_loopback_vs_non_loopback(start_server: StartServer
                                  headers={"X-Forwarded-For": "not-an-address"}),
                    400, "X-Forwarded-For")
 
-    # Without the trusted-proxy setting the header is ignored: the peer is loopback.
+    # Without the trusted-proxy setting the header is not believed, and protected
+    # mode refuses it: it shows a proxy on this machine relaying other clients.
     plain = await start_server()
-    assert (await request(plain, "GET", f"/streams/{stream}/events", headers=outside))[0] == 200
+    assert_problem(await request(plain, "GET", f"/streams/{stream}/events", headers=outside),
+                   403, "X-Forwarded-For")
+
+
+async def test_protected_mode_refuses_forwarding_headers_from_untrusted_peers(
+        start_server: StartServer, db: asyncpg.Connection, stream: str) -> None:
+    server = await start_server(anonymous_subscribe=f"{stream}.public")
+    event = {"type": "t", "data": 1}
+    # Even headers that claim loopback: a tunnel or local proxy would send them.
+    for name, value in (("X-Forwarded-For", "::1"), ("Forwarded", 'for="[::1]"'),
+                        ("x-forwarded-for", "127.0.0.1, 127.0.0.1"), ("forwarded", "junk")):
+        for method, path in (("GET", f"/streams/{stream}"), ("GET", f"/streams/{stream}/events"),
+                             ("POST", f"/streams/{stream}/events")):
+            body = assert_problem(await request(server, method, path, headers={name: value},
+                                                json=event if method == "POST" else None),
+                                  403, name.title())
+            assert "trusted_proxies" in body["detail"]
+        # Anonymous patterns and the operational routes are not protected-mode checks.
+        assert (await request(server, "GET", f"/streams/{stream}.public",
+                              headers={name: value}))[0] == 200
+        assert (await request(server, "GET", "/healthz", headers={name: value}))[0] == 200
+    assert await count(db, stream) == 0
+
+
+async def test_every_forwarding_line_counts_and_forwarded_is_read(start_server: StartServer,
+                                                                  db: asyncpg.Connection,
+                                                                  stream: str) -> None:
+    # As in the test above, 127.0.0.1 plays the trusted proxy.
+    server = await start_server(trusted_proxies="127.0.0.1")
+    path = f"/streams/{stream}/events"
+    event = {"type": "t", "data": 1}
+    XFF, FWD = "X-Forwarded-For", "Forwarded"
+    loopback = [
+        # A client may write anything on the left; the proxy's own line comes last.
+        [(XFF, "203.0.113.9"), (XFF, "::1")],
+        [(FWD, 'for="[::1]:4711";proto=https;by=127.0.0.1')],
+        [(FWD, "for=203.0.113.9"), (FWD, 'For="[::1]"')],
+        [(FWD, 'for=203.0.113.9, for="[::1]", for=127.0.0.1')],  # a trusted hop is skipped
+        [(XFF, "::1"), (FWD, 'for="[0:0:0:0:0:0:0:1]"')],
+    ]
+    elsewhere = [
+        # Reading only the first line took the client's own "::1" for the truth.
+        [(XFF, "::1"), (XFF, "203.0.113.9")],
+        [(XFF, "::1, 203.0.113.9:5000")],
+        [(FWD, "for=203.0.113.9")],
+        [(FWD, 'for="[::1]", for=203.0.113.9;proto=http')],
+        [(FWD, 'for="[::1]"'), (FWD, 'for="[2001:db8::1]:443"')],
+        # With both headers, both must name a loopback client.
+        [(XFF, "::1"), (FWD, "for=203.0.113.9")],
+        [(XFF, "203.0.113.9"), (FWD, 'for="[::1]"')],
+    ]
+    malformed = [[(FWD, "for")], [(FWD, "for=unknown")], [(FWD, 'for="[::1]", for=_hidden')],
+                 [(FWD, "proto=https")], [(FWD, "for=1.2.3.4;for=::1")], [(FWD, 'for="[::1]')]]
+    for lines in loopback:
+        assert (await request(server, "GET", path, headers=CIMultiDict(lines)))[0] == 200, lines
+        assert (await request(server, "POST", path, headers=CIMultiDict(lines),
+                              json=event))[0] == 201, lines
+    for lines in elsewhere:
+        assert_problem(await request(server, "GET", path, headers=CIMultiDict(lines)),
+                       403, "Authorization")
+        assert_problem(await request(server, "POST", path, headers=CIMultiDict(lines),
+                                     json=event), 403, "Authorization")
+    for lines in malformed:
+        assert_problem(await request(server, "GET", path, headers=CIMultiDict(lines)),
+                       400, "Forwarded")
+    assert await count(db, stream) == len(loopback)
+
+
+async def test_protected_mode_needs_a_loopback_host(start_server: StartServer,
+                                                   db: asyncpg.Connection, stream: str) -> None:
+    """DNS rebinding: a page of evil.example, re-pointed at 127.0.0.1, reaches the
+    server from the user's own browser, but its requests say Host: evil.example."""
+    server = await start_server(anonymous_subscribe=f"{stream}.public")
+    port = server.port
+    path = f"/streams/{stream}/events"
+    event = {"type": "t", "data": 1}
+    for host in (f"evil.example:{port}", "evil.example", "localhost.evil.example",
+                 f"192.0.2.1:{port}", "[2001:db8::1]", "0.0.0.0", "[::]"):
+        for method, target in (("GET", f"/streams/{stream}"), ("GET", path), ("POST", path)):
+            body = assert_problem(await request(server, method, target, headers={"Host": host},
+                                                json=event if method == "POST" else None),
+                                  403, "Host")
+            assert "loopback" in body["detail"]
+    assert_raw_problem(await raw_request(server, path, [], host=b""), 403, "Host")
+    # An HTTP/1.0 request without Host names nothing to rebind (browsers always send one).
+    assert (await raw_request(server, path, [], host=None))[0] == 200
+    allowed = (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"app.localhost:{port}",
+               "LOCALHOST", "127.1.2.3", f"[::1]:{port}")
+    for host in allowed:
+        assert (await request(server, "GET", path, headers={"Host": host}))[0] == 200, host
+        assert (await request(server, "POST", path, headers={"Host": host},
+                              json=event))[0] == 201, host
+    assert await count(db, stream) == len(allowed)
+    # Anonymous patterns, the operational routes and a server with a token key
+    # do not look at Host.
+    evil = {"Host": "evil.example"}
+    assert (await request(server, "GET", f"/streams/{stream}.public", headers=evil))[0] == 200
+    assert (await request(server, "GET", "/healthz", headers=evil))[0] == 200
+    keyed = await start_server(jwt_secret=SECRET)
+    assert (await request(keyed, "GET", path, headers={
+        **evil, "Authorization": f"Bearer {token([stream])}"}))[0] == 200
 
 
 async def test_anonymous_patterns_open_reading_only(start_server: StartServer,
@@ -419,11 +739,25 @@ async def test_token_command_mints_a_working_token(start_server: StartServer,
     assert code == 200 and len(body["events"]) == 1
     assert_problem(await request(server, "GET", "/streams/users.someone-else/events",
                                  headers=headers), 403, "streams")
+    # Audience and issuer: from the options, else from the server's own settings.
+    audience = await start_server(jwt_secret=SECRET, jwt_audience="sse.example",
+                                  jwt_issuer="https://auth.example")
+    monkeypatch.setenv("SSE_STREAM_JWT_ISSUER", "https://auth.example")
+    assert cli.main(["token", "--subscribe", stream, "--aud", "sse.example"]) == 0
+    scoped = capsys.readouterr().out.strip()
+    claims = jwt.decode(scoped, SECRET, algorithms=["HS256"], audience="sse.example")
+    assert (claims["aud"], claims["iss"]) == ("sse.example", "https://auth.example")
+    assert (await request(audience, "GET", f"/streams/{stream}/events",
+                          headers={"Authorization": f"Bearer {scoped}"}))[0] == 200
+    assert_problem(await request(audience, "GET", f"/streams/{stream}/events", headers=headers),
+                   401, "Authorization")
     monkeypatch.delenv("SSE_STREAM_JWT_SECRET")
     assert cli.main(["token", "--subscribe", "x"]) == 2
+    assert "needs the HS256 secret" in capsys.readouterr().err
     assert cli.main(["token", "--jwt-secret", SECRET, "--subscribe", "a.>.b"]) == 2
     assert cli.main(["token", "--jwt-secret", SECRET, "--ttl", "soon"]) == 2
-    assert "needs the HS256 secret" in capsys.readouterr().err
+    assert cli.main(["token", "--jwt-secret", "short", "--subscribe", "x"]) == 2
+    assert "fewer than 32" in capsys.readouterr().err
 
 
 def test_serve_says_which_mode_it_runs_in(dsn: str) -> None:

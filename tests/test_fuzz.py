@@ -6,6 +6,9 @@ real PostgreSQL on its own event loop in a second thread. Asserted for every
 example: the status is 2xx or 4xx; a 4xx is a problem document; nothing is
 written unless the answer is 2xx; every event a stream delivers parses per
 the WHATWG rules into its envelope. After the run a normal client is served.
+A second run targets a server with a token key: hostile tokens (garbage,
+forged segments, validly signed hostile claims, bytes that are not UTF-8) in
+the header, the query and the cookie are a 401 or better, never a 500.
 
 The budget is fixed (derandomized, SSE_STREAM_FUZZ_EXAMPLES examples, default
 150) so that CI stays well under 30 s; set the variable higher for a long run.
@@ -19,6 +22,9 @@ that the server survives them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -57,16 +63,17 @@ HOSTILE_DATA = [
 class LiveServer:
     """The real app on 127.0.0.1, its event loop in a thread of its own."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, **settings: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server: TestServer = self.run(self._start(dsn))
+        self.server: TestServer = self.run(self._start(dsn, settings))
         self.port = self.server.port
         self.db: asyncpg.Connection = self.run(asyncpg.connect(dsn))
 
-    async def _start(self, dsn: str) -> TestServer:
-        server = TestServer(create_app(Settings(dsn=dsn, heartbeat=0.2, max_query=4096)),
+    async def _start(self, dsn: str, settings: dict[str, Any]) -> TestServer:
+        server = TestServer(create_app(Settings(dsn=dsn, heartbeat=0.2, max_query=4096,
+                                                **settings)),
                             host="127.0.0.1")
         await server.start_server()
         return server
@@ -97,7 +104,8 @@ def live(dsn: str) -> Iterator[LiveServer]:
     try:
         for data in HOSTILE_DATA:
             body = orjson.dumps([{"type": "t.hostile", "data": data}])
-            status, _, _ = send(server.port, "POST", f"/streams/{RUN}.seed/events", {}, body)
+            status, _, _ = send(server.port, "POST", f"/streams/{RUN}.seed/events",
+                                {"Content-Type": "application/json"}, body)
             assert status == 201
         yield server
     finally:
@@ -109,9 +117,12 @@ def live(dsn: str) -> Iterator[LiveServer]:
 def send(port: int, method: str, target: str, headers: dict[str, str], body: bytes | None,
          window: float = 0.15) -> tuple[int, dict[str, str], bytes]:
     """One request on a raw socket; an event stream is read for `window`
-    seconds or to its end, any other response to its end."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    seconds or to its end, any other response to its end. Header values are
+    sent as Latin-1: characters from U+0080 to U+00FF become bytes that are
+    not UTF-8."""
+    host = headers.get("Host", f"127.0.0.1:{port}")
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items() if name != "Host"]
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
@@ -191,9 +202,11 @@ header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF,
                                     blacklist_characters="\x7f"), max_size=60)
 headers = st.dictionaries(
     st.sampled_from(["Last-Event-ID", "Authorization", "Origin", "Content-Type",
-                     "X-Forwarded-For", "Idempotency-Key", "Cookie", "Accept"]),
+                     "X-Forwarded-For", "Forwarded", "Host", "Idempotency-Key", "Cookie",
+                     "Accept"]),
     st.one_of(header_text, st.sampled_from(["Bearer ", "Bearer a.b.c", "1-1", "0", "::1",
-                                            "application/json; charset=utf-7"])),
+                                            "application/json; charset=utf-7", 'for="[::1]"',
+                                            "localhost", "evil.example", "[::1]:80"])),
     max_size=4)
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
@@ -260,7 +273,10 @@ def requests(draw: st.DrawFn) -> tuple[str, str, list[str], dict[str, str], byte
         if draw(st.booleans()):
             query.append(("last_event_id", "0"))
     target = path + ("?" + urllib.parse.urlencode(query) if query else "")
-    return method, target, name.split(","), draw(headers), draw(bodies())
+    drawn = draw(headers)
+    if method == "POST" and "Content-Type" not in drawn and draw(st.integers(0, 5)):
+        drawn["Content-Type"] = "application/json"  # mostly, so that bodies reach the parser
+    return method, target, name.split(","), drawn, draw(bodies())
 
 
 def check_problem(status: int, content_type: str, body: bytes, method: str) -> None:
@@ -349,3 +365,130 @@ def test_the_server_still_serves_a_normal_client(live: LiveServer) -> None:
     assert status == 200
     (message,) = [m for m in SseParser().feed(content) if m.data]
     assert orjson.loads(message.data)["data"] == {"ok": True}
+
+
+# -- tokens ------------------------------------------------------------------------------
+
+SECRET = "a-fuzz-secret-of-at-least-32-bytes-long"
+COOKIE = "sse_stream_token"
+
+
+@pytest.fixture(scope="module")
+def keyed(dsn: str) -> Iterator[LiveServer]:
+    server = LiveServer(dsn, jwt_secret=SECRET, jwt_audience="fuzz", jwt_issuer="fuzz-issuer")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _signed(header: bytes, claims: bytes) -> str:
+    signing_input = _b64(header) + "." + _b64(claims)
+    digest = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + _b64(digest)
+
+
+claim_values = st.one_of(json_values, st.integers(-(2**70), 2**70),
+                         st.sampled_from([time.time() + 300, "fuzz", ["fuzz"], ["x", "fuzz"],
+                                          "fuzz-issuer", 1e308, -1]))
+patterns = st.one_of(
+    st.lists(st.sampled_from([f"{RUN}.seed", f"{RUN}.w", f"{RUN}.*", ">"]), max_size=3),
+    st.lists(st.one_of(st.sampled_from([f"{RUN}.*", "a.>.b", "", "*.>"]), st.text(max_size=8)),
+             max_size=3))
+grants = st.one_of(json_values, st.fixed_dictionaries({}, optional={
+    "subscribe": st.one_of(patterns, json_values), "publish": st.one_of(patterns, json_values)}))
+claims = st.fixed_dictionaries({}, optional={
+    "exp": claim_values, "nbf": claim_values, "iat": claim_values, "aud": claim_values,
+    "iss": claim_values, "sub": claim_values, "jti": claim_values, "sse_stream": grants})
+# Claims this server accepts, so that the grant itself is reached.
+accepted_claims = st.fixed_dictionaries(
+    {"exp": st.just(int(time.time()) + 3600), "aud": st.sampled_from(["fuzz", ["x", "fuzz"]]),
+     "iss": st.just("fuzz-issuer"), "sse_stream": grants},
+    optional={"sub": claim_values, "jti": claim_values})
+jose_headers = st.one_of(
+    st.sampled_from([b'{"alg":"HS256","typ":"JWT"}', b'{"alg":"HS256"}', b'{"alg":"none"}',
+                     b'{"alg":"RS256"}', b'{"alg":["HS256"]}', b'{"alg":{"a":1}}', b'{"alg":null}',
+                     b'{"alg":"HS256","kid":5}', b'{"alg":"HS256","crit":["b64"],"b64":false}',
+                     b'{"alg":"HS256","crit":[1]}', b"[]", b'"HS256"', b"{", b"\xff\xfe",
+                     b'{"alg":' + b"[" * 2000 + b"]" * 2000 + b"}"]),
+    st.dictionaries(st.sampled_from(["alg", "typ", "kid", "crit", "b64", "jku"]), json_values)
+    .map(lambda d: json.dumps(d).encode()))
+claim_bytes = st.one_of(claims.map(lambda c: json.dumps(c).encode()), st.binary(max_size=30),
+                        st.sampled_from([b"[1]", b"{", b'{"exp":Infinity}', b'{"exp":NaN}',
+                                         b'{"exp":1' + b"0" * 400 + b"}",
+                                         b'{"x":' + b"[" * 2000 + b"]" * 2000 + b"}"]))
+# Header and cookie values: printable Latin-1 (sent as single bytes), no CR, LF or NUL.
+latin1 = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF,
+                               blacklist_characters="\x7f"), max_size=40)
+
+
+@st.composite
+def tokens(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["text", "segments", "signed", "signed", "accepted",
+                                 "accepted", "mutated"]))
+    if kind == "text":
+        return draw(st.one_of(latin1, st.text(max_size=40)))
+    if kind == "segments":
+        parts = draw(st.lists(st.one_of(jose_headers.map(_b64), claim_bytes.map(_b64), latin1),
+                              min_size=1, max_size=4))
+        return ".".join(parts)
+    if kind == "signed":
+        return _signed(draw(jose_headers), draw(claim_bytes))
+    token = _signed(b'{"alg":"HS256","typ":"JWT"}', json.dumps(draw(accepted_claims)).encode())
+    if kind == "mutated":
+        at = draw(st.integers(0, len(token)))
+        token = token[:at] + draw(latin1.map(lambda t: t[:3])) + token[at + 1:]
+    return token
+
+
+@st.composite
+def token_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes | None]:
+    method, path = draw(st.sampled_from([
+        ("GET", f"/streams/{RUN}.seed/events"), ("GET", f"/streams/{RUN}.*?live=false"),
+        ("POST", f"/streams/{RUN}.seed/events"), ("POST", f"/streams/{RUN}.w/events")]))
+    value = draw(tokens())[:6000]  # a header line stays under aiohttp's 8190 bytes
+    headers: dict[str, str] = {}
+    places = draw(st.sets(st.sampled_from(["Authorization", "access_token", "Cookie"]),
+                          min_size=1))
+    if "Authorization" in places:
+        scheme = draw(st.sampled_from(["Bearer ", "bearer ", "Bearer  ", "Basic ", "", "Bearer"]))
+        headers["Authorization"] = scheme + (value if all(
+            " " <= c <= "\xff" and c != "\x7f" for c in value) else value.encode().hex())
+    if "Cookie" in places:
+        cookie = draw(latin1) if draw(st.booleans()) else value
+        if all(" " <= c <= "\xff" and c != "\x7f" for c in cookie):
+            headers["Cookie"] = f"{COOKIE}={cookie}" + draw(st.sampled_from(["", "; other=1",
+                                                                              '"', ";"]))
+    if "access_token" in places:
+        separator = "&" if "?" in path else "?"
+        path += separator + urllib.parse.urlencode({"access_token": value})
+    body = None
+    if method == "POST":
+        headers["Content-Type"] = "application/json"
+        body = b'{"type":"t","data":{"fuzz":true}}'
+    return method, path, headers, body
+
+
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(token_requests())
+def test_hostile_tokens(keyed: LiveServer, request: tuple[str, str, dict[str, str],
+                                                           bytes | None]) -> None:
+    method, target, headers_, body = request
+    involved = [f"{RUN}.seed", f"{RUN}.w"]
+    before = keyed.counts(involved)
+    status, response_headers, content = send(keyed.port, method, target, headers_, body)
+    assert 200 <= status < 300 or 400 <= status < 500, (status, target, headers_, content[:300])
+    STATISTICS[f"token {method} {status}"] += 1
+    if status >= 400:
+        check_problem(status, response_headers.get("content-type", "").split(";")[0], content,
+                      method)
+    if status == 401:
+        assert orjson.loads(content)["param"] in ("Authorization", "access_token", COOKIE)
+        assert response_headers.get("www-authenticate") == "Bearer"
+    if not (method == "POST" and status == 201):
+        assert keyed.counts(involved) == before

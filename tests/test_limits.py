@@ -121,6 +121,34 @@ async def test_open_streams_per_client_address(start_server: StartServer, stream
         assert (await request(server, "GET", f"/streams/{stream}", headers=second))[0] == 200
 
 
+async def test_open_streams_per_client_count_ipv6_by_its_64(start_server: StartServer,
+                                                           stream: str) -> None:
+    # One host is given a whole /64: counting its addresses one by one would
+    # let it open the limit again from each of 2^64 addresses.
+    server = await start_server(max_streams_per_client=2, trusted_proxies="127.0.0.1",
+                                anonymous_subscribe=stream)
+    url = str(server.make_url(f"/streams/{stream}"))
+    one = {"X-Forwarded-For": "2001:db8:1:2::1"}
+    same_64 = {"Forwarded": 'for="[2001:db8:1:2:ffff::9]:443"'}
+    async with open_stream(url, one), open_stream(url, same_64):
+        result = await request(server, "GET", f"/streams/{stream}",
+                               headers={"X-Forwarded-For": "2001:db8:1:2:abcd::7"})
+        body = assert_problem(result, 429, "streams")
+        assert "2001:db8:1:2::/64" in body["detail"]
+        for other in ({"X-Forwarded-For": "2001:db8:1:3::1"}, {"X-Forwarded-For": "192.0.2.1"}):
+            assert (await request(server, "GET", f"/streams/{stream}", headers=other))[0] == 200
+
+    # From a peer that is not a trusted proxy the headers are not believed: a
+    # client cannot escape the limit by writing other addresses in them.
+    direct = await start_server(max_streams_per_client=2, anonymous_subscribe=stream)
+    url = str(direct.make_url(f"/streams/{stream}"))
+    async with open_stream(url, {"X-Forwarded-For": "192.0.2.1"}), \
+            open_stream(url, {"Forwarded": "for=192.0.2.2"}):
+        result = await request(direct, "GET", f"/streams/{stream}",
+                               headers={"X-Forwarded-For": "192.0.2.3"})
+        assert "127.0.0.1" in assert_problem(result, 429, "streams")["detail"]
+
+
 async def test_query_length_patterns_and_filters(start_server: StartServer, stream: str) -> None:
     server = await start_server(max_query=1024)
     path = f"/streams/{stream}/events"
@@ -154,7 +182,8 @@ async def test_body_size_items_and_hostile_json(start_server: StartServer,
         for _ in range(20):
             yield b"[" + b" " * 65536
     async with aiohttp.ClientSession() as session:
-        async with session.post(server.make_url(path), data=chunked()) as response:
+        async with session.post(server.make_url(path), data=chunked(),
+                                headers={"Content-Type": "application/json"}) as response:
             assert response.status == 413
             assert response.content_type == "application/problem+json"
     items = [{"type": "t", "data": n} for n in range(1001)]

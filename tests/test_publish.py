@@ -22,6 +22,7 @@ import pytest
 from conftest import StartServer
 from notifications import counting
 from sse import envelope, open_stream
+from test_auth import assert_raw_problem, raw_request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,6 +140,38 @@ async def test_refused_bodies(start_server: StartServer, db: asyncpg.Connection,
     assert await rows(db, stream) == []
 
 
+@pytest.mark.parametrize("content_type", [
+    None, "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", "application/octet-stream", "text/json",
+    "application/jsonx", "application/json-seq", "application/cloudevents+json",
+    "text/plain; type=application/json", ""])
+async def test_a_body_not_sent_as_json_is_415(start_server: StartServer, db: asyncpg.Connection,
+                                              stream: str, content_type: str | None) -> None:
+    """What a cross-site form or no-cors fetch can send never writes events."""
+    server = await start_server()
+    body = b'{"type": "t", "data": 1}'
+    lines = [] if content_type is None else [b"Content-Type: " + content_type.encode()]
+    result = await raw_request(server, f"/streams/{stream}/events", lines, method="POST",
+                               body=body)
+    problem = assert_raw_problem(result, 415, "Content-Type")
+    assert "application/json" in problem["detail"]
+    assert result[1]["accept-post"] == "application/json"
+    assert await rows(db, stream) == []
+
+
+async def test_json_with_parameters_is_accepted(start_server: StartServer, db: asyncpg.Connection,
+                                                stream: str) -> None:
+    server = await start_server()
+    url = server.make_url(f"/streams/{stream}/events")
+    async with aiohttp.ClientSession() as session:
+        for content_type in ("application/json; charset=utf-8", "Application/JSON",
+                             "application/json ; charset=UTF-8"):
+            async with session.post(url, data=io.BytesIO(b'{"type": "t"}'),
+                                    headers={"Content-Type": content_type}) as response:
+                assert response.status == 201, await response.text()
+    assert len(await rows(db, stream)) == 3
+
+
 async def test_a_pattern_is_not_a_stream_to_publish_to(start_server: StartServer) -> None:
     server = await start_server()
     async with aiohttp.ClientSession() as session:
@@ -167,7 +200,8 @@ async def test_body_limit(start_server: StartServer, db: asyncpg.Connection, str
         status, _, problem = await post(session, url, too_big)
         assert (status, problem["param"]) == (413, "body")
         # Without a Content-Length the limit holds while reading.
-        async with session.post(url, data=chunked()) as response:
+        async with session.post(url, data=chunked(),
+                                headers={"Content-Type": "application/json"}) as response:
             assert response.status == 413
             assert (await response.json(content_type=None))["param"] == "body"
     assert len(await rows(db, stream)) == 1000
@@ -271,7 +305,8 @@ async def test_malformed_key_is_refused(start_server: StartServer, db: asyncpg.C
     async with aiohttp.ClientSession() as session:
         async with session.post(server.make_url(f"/streams/{stream}/events"),
                                 data=b'{"type": "t"}',
-                                headers={"Idempotency-Key": key.encode().decode("latin-1")}
+                                headers={"Idempotency-Key": key.encode().decode("latin-1"),
+                                         "Content-Type": "application/json"}
                                 ) as response:
             status, problem = response.status, await response.json(content_type=None)
     assert (status, problem["param"]) == (400, "Idempotency-Key")
