@@ -1,6 +1,6 @@
 """sse-stream benchmarks: `python benchmarks/run.py SCENARIO [options]`.
 
-Scenarios: fanout, filtered, idle, replay, churn (see README "Benchmarks").
+Scenarios: fanout, filtered, idle, replay, churn, hostile (see README "Benchmarks").
 Each starts its own `sse-stream serve` process on 127.0.0.1 (and, without
 --dsn, its own embedded PostgreSQL with fsync off), runs for a bounded time,
 prints a table and one JSON line (prefixed `RESULT `), and stops what it
@@ -12,6 +12,27 @@ At a rate R up to 100 events/s a transaction carries one event (R tx/s);
 above that there are 100 transactions per second of R/100 events each
 (R=1000: 100 tx/s of 10 events). `--rate 0` ("max") commits batches of
 `--batch` events (default 100) back to back on one connection.
+
+hostile: what heavy readers do to live delivery and publishing (SPEC §6).
+    python benchmarks/run.py hostile                          # 1,000,000 rows, H = 0, 10, 50
+    python benchmarks/run.py hostile --rows 200000 --levels 0,10   # quicker
+    python benchmarks/run.py hostile --server-flags "--pool-size 8"
+One server; a stream big<suffix> of --rows events with data {"n": k}, k >= 0.
+Per level H, against the same server: about 5/9 of H page loops (GET
+/streams/big/events?after=...&data.n=eq.-1&limit=1000 following next_after,
+from after=0 again when has_more is false) and the rest replays (SSE
+?last_event_id=0&live=false&data.n=eq.-1, reopened when they end); the filter
+matches nothing, so every reader scans the whole stream. After --warmup s a
+live subscriber opens on calm<suffix> and --events events are POSTed to it,
+one every --interval s, each on its own schedule: publish latency is POST
+start to 201, live latency POST start to the event's arrival (matched by the
+returned id); a tick not answered, or not delivered within --drain s of the
+last answer, counts as infinite ("missing"; null in the JSON). 503/429 with
+Retry-After count as refusals (the wait is capped at 1 s), a page or replay
+silent for --page-timeout s as a timeout. A level lasts at most
+--level-seconds; before each the database is left to settle (no active
+query, at most 30 s). p99 of 40 samples is their maximum. Server CPU % is the
+sse-stream process only (PostgreSQL does the scanning).
 """
 
 from __future__ import annotations
@@ -21,6 +42,7 @@ import asyncio
 import os
 import random
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,10 +52,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 
@@ -52,6 +75,12 @@ SELECT $1, 'bench.tick',
        jsonb_build_object('seq', s, 'user_id', s % $4, 'pad', $5::text,
                           'ts', extract(epoch FROM clock_timestamp()))
 FROM generate_series($2::bigint, $3::bigint) AS s
+"""
+
+NUMBERED = """
+INSERT INTO sse_stream.events (stream, type, data)
+SELECT $1, 'bench.row', jsonb_build_object('n', s)
+FROM generate_series(0, $2::bigint - 1) AS s
 """
 
 
@@ -234,6 +263,18 @@ async def load_rows(dsn: str, stream: str, count: int) -> float:
     try:
         start = time.monotonic()
         await connection.execute(INSERT, stream, 1, count, 1000, PAD)
+        await connection.execute("ANALYZE sse_stream.events")
+        return time.monotonic() - start
+    finally:
+        await connection.close()
+
+
+async def load_numbered(dsn: str, stream: str, count: int) -> float:
+    """Store `count` events with data {"n": k}, k = 0 .. count-1, in one INSERT; return seconds."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        start = time.monotonic()
+        await connection.execute(NUMBERED, stream, count)
         await connection.execute("ANALYZE sse_stream.events")
         return time.monotonic() - start
     finally:
@@ -528,6 +569,341 @@ async def churn(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# -- hostile readers ------------------------------------------------------------------
+
+REFUSED = (429, 503)
+RETRY_AFTER_CAP = 1.0   # seconds: a refusal's Retry-After is honoured up to this
+RETRY_AFTER_FLOOR = 0.05  # and a Retry-After of 0 does not make a busy loop
+
+
+@dataclass
+class HostileCounts:
+    """What the hostile readers of one level did."""
+
+    pages: int = 0        # pages answered 200
+    empty_more: int = 0   # of them: no events but has_more true (a bounded scan)
+    passes: int = 0       # page loops that reached has_more false
+    replays: int = 0      # replays that ended on their own
+    refusals: int = 0     # 503 (or 429) with Retry-After
+    timeouts: int = 0     # a page not answered, or a replay silent, for --page-timeout s
+    errors: int = 0       # any other status, or a broken connection
+    page_seconds: list[float] = field(default_factory=list)
+
+
+def retry_after(headers: Any) -> float:
+    """The Retry-After of a refusal in seconds, within RETRY_AFTER_FLOOR..RETRY_AFTER_CAP."""
+    try:
+        seconds = float(headers.get("Retry-After", RETRY_AFTER_CAP))
+        return max(RETRY_AFTER_FLOOR, min(seconds, RETRY_AFTER_CAP))
+    except ValueError:  # an HTTP-date
+        return RETRY_AFTER_CAP
+
+
+async def page_loop(session: aiohttp.ClientSession, base: str, stream: str,
+                    counts: HostileCounts, timeout: float) -> None:
+    """Page through `stream` with a filter that matches nothing, until cancelled."""
+    after = "0"
+    limit = aiohttp.ClientTimeout(total=timeout)
+    while True:
+        url = f"{base}/streams/{stream}/events?after={after}&data.n=eq.-1&limit=1000"
+        start = time.monotonic()
+        try:
+            async with session.get(url, timeout=limit) as response:
+                if response.status in REFUSED:
+                    counts.refusals += 1
+                    await asyncio.sleep(retry_after(response.headers))
+                    continue
+                if response.status != 200:
+                    counts.errors += 1
+                    await asyncio.sleep(0.1)
+                    continue
+                page = orjson.loads(await response.read())
+        except TimeoutError:
+            counts.timeouts += 1  # ask for the same page again
+            continue
+        except (aiohttp.ClientError, OSError, orjson.JSONDecodeError):
+            counts.errors += 1
+            await asyncio.sleep(0.1)
+            continue
+        counts.pages += 1
+        counts.page_seconds.append(time.monotonic() - start)
+        if page["has_more"]:
+            if not page["events"]:
+                counts.empty_more += 1
+            after = page["next_after"]
+        else:
+            counts.passes += 1
+            after = "0"
+
+
+async def replay_loop(session: aiohttp.ClientSession, base: str, stream: str,
+                      counts: HostileCounts, timeout: float) -> None:
+    """Replay `stream` with a filter that matches nothing, reopened when it ends, until cancelled.
+
+    aiohttp rather than loadgen's SseConnection: a refusal's Retry-After is needed.
+    """
+    url = f"{base}/streams/{stream}?last_event_id=0&live=false&data.n=eq.-1"
+    limit = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    while True:
+        try:
+            async with session.get(url, timeout=limit,
+                                   headers={"Accept": "text/event-stream"}) as response:
+                if response.status in REFUSED:
+                    counts.refusals += 1
+                    await asyncio.sleep(retry_after(response.headers))
+                    continue
+                if response.status != 200:
+                    counts.errors += 1
+                    await asyncio.sleep(0.1)
+                    continue
+                async for _ in response.content.iter_any():
+                    pass
+        except TimeoutError:
+            counts.timeouts += 1
+            continue
+        except (aiohttp.ClientError, OSError):
+            counts.errors += 1
+            await asyncio.sleep(0.1)
+            continue
+        counts.replays += 1
+
+
+class ArrivalProbe(SseConnection):
+    """A live-only subscriber that records when (monotonic) each event id arrived."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, parse=True, ready_frames=2)  # registered at its bare id: line
+        self.arrived: dict[int, float] = {}
+
+    def _parse(self, complete: bytes) -> None:
+        now = time.monotonic()
+        for frame in complete.split(b"\n\n"):
+            for line in frame.split(b"\n"):
+                if line.startswith(b"data: "):
+                    self.events += 1
+                    self.arrived.setdefault(orjson.loads(line[6:])["id"], now)
+
+
+async def open_probe(port: int, path: str, timeout: float) -> ArrivalProbe:
+    loop = asyncio.get_running_loop()
+    _, protocol = await asyncio.wait_for(
+        loop.create_connection(lambda: ArrivalProbe(path), "127.0.0.1", port), timeout)
+    await asyncio.wait_for(asyncio.shield(protocol.ready), timeout)
+    return protocol
+
+
+@dataclass
+class Post:
+    """One HTTP publish: when its POST started and got its 201, and the id returned."""
+
+    start: float
+    end: float | None = None
+    id: int | None = None
+    outcome: str = "timeout"  # the status, or what went wrong
+
+
+async def post_one(session: aiohttp.ClientSession, base: str, stream: str, due: float,
+                   deadline: float) -> Post:
+    """POST one tick at monotonic time `due`; give up at `deadline`."""
+    await asyncio.sleep(max(0.0, due - time.monotonic()))
+    body = orjson.dumps({"type": "tick", "data": {"sent": time.time()}})
+    post = Post(time.monotonic())
+    limit = aiohttp.ClientTimeout(total=max(0.1, deadline - post.start))
+    try:
+        async with session.post(f"{base}/streams/{stream}/events", data=body, timeout=limit,
+                                headers={"Content-Type": "application/json"}) as response:
+            answer = await response.read()
+            post.outcome = str(response.status)
+            if response.status == 201:
+                post.end = time.monotonic()
+                post.id = orjson.loads(answer)["ids"][0]
+    except TimeoutError:
+        pass
+    except (aiohttp.ClientError, OSError) as error:
+        post.outcome = type(error).__name__
+    return post
+
+
+INF = float("inf")
+
+
+@dataclass
+class LiveProbe:
+    """Live and publish latencies (seconds) of one level's ticks, INF when missing."""
+
+    live: list[float] = field(default_factory=list)
+    publish: list[float] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+async def measure_live(args: argparse.Namespace, port: int, base: str, stream: str,
+                       deadline: float) -> LiveProbe:
+    """Subscribe to `stream` live, POST --events ticks --interval apart, match arrivals by id."""
+    result = LiveProbe()
+    try:
+        probe = await open_probe(port, f"/streams/{stream}",
+                                 max(0.1, min(30.0, deadline - time.monotonic())))
+    except (OSError, ConnectionError, TimeoutError) as error:
+        result.error = f"live subscriber: {error!r}"
+        return result
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = time.monotonic()
+            posts = await asyncio.gather(*(
+                post_one(session, base, stream, first + k * args.interval, deadline)
+                for k in range(args.events)))
+        ids = {post.id for post in posts if post.id is not None}
+        drain_until = min(deadline, time.monotonic() + args.drain)
+        while time.monotonic() < drain_until and not ids <= probe.arrived.keys():
+            await asyncio.sleep(0.05)
+    finally:
+        probe.close()
+    for post in posts:  # a tick not answered, or not delivered, in time counts as infinite
+        result.outcomes[post.outcome] = result.outcomes.get(post.outcome, 0) + 1
+        result.publish.append(INF if post.end is None else post.end - post.start)
+        arrived = probe.arrived.get(post.id) if post.id is not None else None
+        result.live.append(INF if arrived is None else arrived - post.start)
+    return result
+
+
+async def wait_quiet(dsn: str, timeout: float = 30) -> float:
+    """Wait until no other query is active in the database, at most `timeout`; return seconds."""
+    connection = await asyncpg.connect(dsn)
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < timeout and await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND pid <> pg_backend_pid() AND datname = current_database()"):
+            await asyncio.sleep(0.2)
+        return time.monotonic() - start
+    finally:
+        await connection.close()
+
+
+def split_hostile(level: int) -> tuple[int, int]:
+    """(page loops, replays) for `level` hostile readers: about 5/9 of them page loops."""
+    loops = round(level * 5 / 9)
+    return loops, level - loops
+
+
+async def hostile_level(args: argparse.Namespace, setup: Setup, srv: ServerProcess, big: str,
+                        calm: str, level: int) -> dict[str, Any]:
+    """One level: `level` hostile readers of `big` while ticks are published to `calm`."""
+    base = f"http://127.0.0.1:{srv.port}"
+    settle = await wait_quiet(setup.dsn)
+    loops, replays = split_hostile(level)
+    counts = HostileCounts()
+    load0, cpu0, mine0 = load_average(), srv.cpu_seconds(), own_cpu()
+    start = time.monotonic()
+    deadline = start + args.level_seconds
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = ([asyncio.create_task(page_loop(session, base, big, counts, args.page_timeout))
+                  for _ in range(loops)]
+                 + [asyncio.create_task(replay_loop(session, base, big, counts,
+                                                    args.page_timeout))
+                    for _ in range(replays)])
+        try:
+            await asyncio.sleep(min(args.warmup, args.level_seconds / 4))
+            probe = await measure_live(args, srv.port, base, calm, deadline)
+        finally:
+            stopped = time.monotonic()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    seconds = stopped - start
+    cpu = srv.cpu_seconds() - cpu0
+    return {
+        "level": level, "page_loops": loops, "replays": replays, "seconds": round(seconds, 1),
+        "settle_s": round(settle, 1), "refusals": counts.refusals, "timeouts": counts.timeouts,
+        "errors": counts.errors, "pages": counts.pages,
+        "pages_per_s": round(counts.pages / seconds, 1),
+        "empty_pages_with_more": counts.empty_more, "page_passes": counts.passes,
+        "page_ms": {"p50": ms(percentile(counts.page_seconds, .5)),
+                    "p99": ms(percentile(counts.page_seconds, .99))},
+        "replays_ended": counts.replays,
+        "live_ms": {"p50": ms(percentile(probe.live, .5)), "p99": ms(percentile(probe.live, .99)),
+                    "max": ms(max(probe.live, default=float("nan")))},
+        "publish_ms": {"p50": ms(percentile(probe.publish, .5)),
+                       "p99": ms(percentile(probe.publish, .99)),
+                       "max": ms(max(probe.publish, default=float("nan")))},
+        "events": args.events, "published": sum(value < INF for value in probe.publish),
+        "delivered": sum(value < INF for value in probe.live),
+        "publish_outcomes": probe.outcomes, "probe_error": probe.error,
+        "server_cpu_pct": round(100 * cpu / seconds, 1),
+        "loadgen_cpu_s": round(own_cpu() - mine0, 2), "load_average": load0,
+    }
+
+
+def ratio(top: float, bottom: float) -> float | None:
+    """top / bottom; None when either is NaN or infinite (a tick missing), or bottom is 0."""
+    if not bottom or not all(-INF < value < INF for value in (top, bottom)):
+        return None
+    return round(top / bottom, 2)
+
+
+def shown(value: float) -> str:
+    """A latency in ms for the table: "missing" when a tick was not answered or delivered."""
+    return "missing" if value == INF else str(value)
+
+
+async def hostile(args: argparse.Namespace) -> dict[str, Any]:
+    """Heavy readers (page loops and replays) against live delivery and publishing."""
+    suffix = uuid.uuid4().hex[:8]
+    big, calm = "big" + suffix, "calm" + suffix
+    levels = [int(level) for level in args.levels.split(",") if level.strip()]
+    async with database(args) as setup:
+        loaded = await load_numbered(setup.dsn, big, args.rows)
+        print(f"loaded {args.rows} rows into {big} in {loaded:.1f} s", file=sys.stderr)
+        async with server(setup, "--heartbeat", str(args.heartbeat),
+                          *shlex.split(args.server_flags), profile=args.profile) as srv:
+            runs = []
+            for level in levels:
+                run = await hostile_level(args, setup, srv, big, calm, level)
+                print(f"level {level}: live p99 {run['live_ms']['p99']} ms, publish p99 "
+                      f"{run['publish_ms']['p99']} ms, {run['refusals']} refusals",
+                      file=sys.stderr)
+                runs.append(run)
+            peak = round(srv.memory_kib("VmHWM") / 1024, 1)
+    header = ("level H", "page loops", "replays", "refusals (503)", "timeouts",
+              "hostile pages/s", "live p50 / p99 ms", "publish p50 / p99 ms", "live delivered",
+              "server CPU %")
+    table = [header] + [(
+        str(run["level"]), str(run["page_loops"]), str(run["replays"]), str(run["refusals"]),
+        str(run["timeouts"]), str(run["pages_per_s"]),
+        f"{shown(run['live_ms']['p50'])} / {shown(run['live_ms']['p99'])}",
+        f"{shown(run['publish_ms']['p50'])} / {shown(run['publish_ms']['p99'])}",
+        f"{run['delivered']}/{run['events']}", str(run["server_cpu_pct"])) for run in runs]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    print(f"\nhostile: {args.rows} rows, {args.events} ticks {args.interval} s apart, "
+          f"server flags: {args.server_flags or '(defaults)'}")
+    for row in table:
+        print("  " + " | ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+    by_level = {run["level"]: run for run in runs}
+    low, high = min(levels), max(levels)
+    live_ratio = ratio(by_level[high]["live_ms"]["p99"], by_level[low]["live_ms"]["p99"])
+    publish_ratio = ratio(by_level[high]["publish_ms"]["p99"],
+                          by_level[low]["publish_ms"]["p99"])
+    target = ("met" if live_ratio is not None and publish_ratio is not None
+              and live_ratio <= 2 and publish_ratio <= 2 else "missed")
+    result = {
+        "rows": args.rows, "load_seconds": round(loaded, 1), "levels": runs,
+        "events": args.events, "interval_s": args.interval, "server_flags": args.server_flags,
+        f"live_p99_ratio_{high}_vs_{low}": live_ratio,
+        f"publish_p99_ratio_{high}_vs_{low}": publish_ratio,
+        "target_2x": target, "server_peak_rss_mib": peak,
+    }
+    missing = "n/a (a tick missing)"
+    rows = [(f"live p99 ratio H={high} / H={low}", missing if live_ratio is None else live_ratio),
+            (f"publish p99 ratio H={high} / H={low}",
+             missing if publish_ratio is None else publish_ratio),
+            ("target (both within 2x)", target),
+            ("server peak RSS (MiB)", peak)]
+    report("hostile", rows, result)
+    return result
+
+
 # -- command line -------------------------------------------------------------------
 
 
@@ -574,10 +950,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--subscribers", "-s", type=int, default=50, help="steady subscribers")
     sub.add_argument("--rate", "-r", type=float, default=200)
     sub.add_argument("--seconds", "-t", type=float, default=20)
+    sub = common("hostile", "H page loops and replays vs live delivery and publishing")
+    sub.add_argument("--rows", "-n", type=int, default=1_000_000, help="events in the big stream")
+    sub.add_argument("--levels", default="0,10,50", help="hostile readers per level, comma list")
+    sub.add_argument("--events", "-e", type=int, default=40, help="ticks published per level")
+    sub.add_argument("--interval", type=float, default=0.1, help="seconds between ticks")
+    sub.add_argument("--warmup", type=float, default=2.0,
+                     help="seconds of hostile load before the ticks")
+    sub.add_argument("--level-seconds", type=float, default=60, help="bound of one level")
+    sub.add_argument("--page-timeout", type=float, default=30,
+                     help="client timeout of a page, and of a silent replay")
+    sub.add_argument("--server-flags", default="",
+                     help='extra `sse-stream serve` flags, e.g. "--pool-size 8"')
     return parser
 
 
-SCENARIOS = {"fanout": fanout, "idle": idle, "replay": replay, "churn": churn}
+SCENARIOS = {"fanout": fanout, "idle": idle, "replay": replay, "churn": churn,
+             "hostile": hostile}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
