@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final
@@ -101,6 +101,18 @@ class Condition:
 
     def matches(self, data: Any) -> bool:
         return self._holds(_lookup(data, self.path)) != self.negated
+
+    def index_keys(self) -> frozenset[Hashable] | None:
+        """The keys among which `value_key` of a matching field must be, for
+        an `eq` or `in` that is not negated (None for any other condition).
+
+        The texts, exact stand-ins and doubles it compares with: whatever
+        the field's type, `_holds` is true only if the field (or its text)
+        equals one of them, and equal values have equal hashes in Python.
+        """
+        if self.negated or self.op not in ("eq", "in"):
+            return None
+        return frozenset((*self.texts, *self.exact, *self.approx))
 
     def _holds(self, value: Any) -> bool:
         if self.op == "is":
@@ -202,6 +214,14 @@ class DataFilter:
 
     terms: tuple[Condition | AnyOf, ...]
 
+    def index_condition(self) -> Condition | None:
+        """A condition every match must meet that an index can serve: the
+        first `eq` or `in` that is not negated (see Condition.index_keys)."""
+        for term in self.terms:
+            if isinstance(term, Condition) and term.index_keys() is not None:
+                return term
+        return None
+
     def matches(self, data: Any) -> bool:
         return all(t.matches(data) for t in self.terms)
 
@@ -233,6 +253,31 @@ class _SqlWriter:
         if self._overflow is None:
             self._overflow = self.bind(_OVERFLOW)
         return self._overflow
+
+
+def value_key(value: Any) -> Hashable | None:
+    """A field's value as `eq` and `in` compare it: the text of a string or
+    boolean, the number of a number (a double outside the exact range), None
+    for what compares with nothing (missing, null, containers, infinities)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+        try:
+            value = float(value)
+        except OverflowError:
+            return None
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return None
+
+
+def lookup(data: Any, path: tuple[str, ...]) -> Any:
+    """The value at `path` (object keys only), or a missing marker."""
+    return _lookup(data, path)
 
 
 def _lookup(data: Any, path: tuple[str, ...]) -> Any:

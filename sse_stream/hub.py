@@ -22,7 +22,6 @@ import asyncio
 import logging
 import time
 from math import isfinite
-from collections.abc import Collection
 from datetime import datetime, timezone
 
 import orjson
@@ -30,30 +29,16 @@ import orjson
 from .errors import DatabaseUnavailable
 from .events import ORIGIN, Event, Position
 from .metrics import LAG_BUCKETS, READ_BUCKETS, Buckets
-from .patterns import SubjectTree
 from .response import KEEPALIVE
 from .settings import Settings
 from .store import EventStore, Page
+from .routing import Group, Route, Routes
 from .subscription import Payload, Selector, Subscription
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 HELD_POLL = 0.025  # seconds between reads while an open transaction holds rows back
-
-
-class Group:
-    """Live subscriptions with the same selector and format: matched once, written alike."""
-
-    __slots__ = ("selector", "cloudevents", "members")
-
-    def __init__(self, selector: Selector, cloudevents: bool) -> None:
-        self.selector = selector
-        self.cloudevents = cloudevents
-        self.members: set[Subscription] = set()
-
-    def frame(self, event: Event) -> bytes:
-        return event.cloudevent_sse if self.cloudevents else event.sse
 
 
 class Hub:
@@ -70,12 +55,10 @@ class Hub:
         # Resolved by the next shared read that starts after it was made:
         # where a live-only stream starts (see _fresh_position).
         self._next_read: asyncio.Future[bool] | None = None
-        # Live subscriptions, grouped by identical selector and indexed by
-        # stream name (exact) or pattern (a subject tree: a name is matched
-        # by walking its segments, not by testing every pattern).
+        # Live subscriptions, grouped by identical selector and filed by
+        # stream name or pattern, indexed by their filters (routing.py).
         self._groups: dict[tuple[Selector, bool], Group] = {}
-        self._exact: dict[str, set[Group]] = {}
-        self._patterns: SubjectTree[Group] = SubjectTree()
+        self._routes = Routes()
         self.subscriptions: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
         # Counters for /metrics and for tests.
@@ -188,32 +171,27 @@ class Hub:
                 subscription.skip_until = resumed
         self.watermark = resumed
 
-    def _candidates(self, stream: str) -> Collection[Group]:
-        found = self._exact.get(stream)
-        if not self._patterns.size:
-            return found if found is not None else ()
-        matched = self._patterns.match(stream)
-        if found:
-            matched |= found
-        return matched
-
     def _fan_out(self, page: Page) -> None:
         """Hand a page to every live subscription: one write each. No awaits.
 
-        Matching is per group of identical selectors, so an event costs one
-        test per distinct selector whose streams can hold it, and groups that
-        get the same events share one payload (joined and chunk-framed once).
+        Matching is per group of identical selectors, and an event is tested
+        only against the groups its stream, type and indexed data values can
+        reach (routing.py); groups that get the same events share one payload
+        (joined and chunk-framed once).
         """
         events = page.events
         matched: dict[Group, list[Event]] = {}
         if events:
             self.events_read += len(events)
-            by_stream: dict[str, Collection[Group]] = {}
+            routes = self._routes
+            by_stream: dict[str, list[Route]] = {}
             for event in events:
-                groups = by_stream.get(event.stream)
-                if groups is None:
-                    groups = by_stream[event.stream] = self._candidates(event.stream)
-                for group in groups:
+                found = by_stream.get(event.stream)
+                if found is None:
+                    found = by_stream[event.stream] = routes.routes(event.stream)
+                if not found:
+                    continue
+                for group in routes.reach(event, found):
                     try:
                         accepted = group.selector.accepts(event)
                     except Exception:  # noqa: BLE001 - one event must not stop the fan-out
@@ -277,11 +255,7 @@ class Hub:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = Group(selector, subscription.cloudevents)
-            for pattern in selector.patterns:
-                if pattern.is_exact:
-                    self._exact.setdefault(pattern.text, set()).add(group)
-                else:
-                    self._patterns.add(pattern, group)
+            self._routes.add(group)
         group.members.add(subscription)
 
     def _leave(self, subscription: Subscription) -> None:
@@ -295,14 +269,7 @@ class Hub:
         if group.members:
             return
         del self._groups[key]
-        for pattern in selector.patterns:
-            if pattern.is_exact:
-                groups = self._exact[pattern.text]
-                groups.discard(group)
-                if not groups:
-                    del self._exact[pattern.text]
-            else:
-                self._patterns.remove(pattern, group)
+        self._routes.remove(group)
 
     async def _fresh_position(self) -> Position:
         """A position after every event committed before this call.

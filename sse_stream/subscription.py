@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any
 
 from .events import Event, Position
+from .filters import DataFilter
 from .patterns import StreamPattern, TypeFilter
 from .queries import SelectorSql
 from .response import Payload, SseResponse
@@ -16,16 +17,7 @@ from .response import Payload, SseResponse
 # rows a page may examine and its byte budget.
 FIRST_SELECTOR_PARAM = 6
 
-__all__ = ["DataPredicate", "Payload", "Selector", "SelectorSql", "Subscription"]
-
-
-class DataPredicate(Protocol):
-    """A parsed data filter: the same meaning in Python and in SQL."""
-
-    def matches(self, data: Any) -> bool: ...
-
-    def to_sql(self, column: str, bind: Callable[[Any], str]) -> str:
-        """SQL over the jsonb `column`; `bind(value)` returns a placeholder."""
+__all__ = ["Payload", "Selector", "SelectorSql", "Subscription"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +26,7 @@ class Selector:
 
     patterns: tuple[StreamPattern, ...]
     types: TypeFilter | None = None
-    data: DataPredicate | None = None
+    data: DataFilter | None = None
 
     def matches_stream(self, stream: str) -> bool:
         return any(p.matches(stream) for p in self.patterns)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sse_stream.errors import InvalidInput
+from sse_stream.events import Event
 from sse_stream.filters import (
     MAX_FILTERS,
     MAX_IN_VALUES,
@@ -24,6 +25,9 @@ from sse_stream.filters import (
     DataFilter,
     parse_data_filters,
 )
+from sse_stream.patterns import parse_pattern_list, parse_type_filter
+from sse_stream.routing import Group, Routes
+from sse_stream.subscription import Selector
 
 Pairs = list[tuple[str, str]]
 
@@ -509,3 +513,47 @@ def test_float_rounding_edges_agree(sql_results: SqlResults) -> None:
                       "in.(1e-400,0.1,1e16)", "lt.1e400", "neq.0"):
         check_agreement(sql_results, parse(("data.a", operation)), documents)
     assert math.isfinite(orjson.loads(str(2**1024 - 2**970 - 1)))
+
+
+# --- the live match index (sse_stream/routing.py) ------------------------------------
+
+TYPES = ["t", "u", "t.x"]
+
+
+@st.composite
+def selectors(draw: st.DrawFn, hints: Leaves) -> Selector:
+    pattern = draw(st.sampled_from(["s", "s.a", "s.*", "s.>", ">", "*"]))
+    types = parse_type_filter(draw(st.lists(st.sampled_from([*TYPES, "t*", "v"]), max_size=2)))
+    data = parse(*draw(filter_pairs(hints))) if draw(st.integers(0, 4)) else None
+    return Selector(parse_pattern_list(pattern), types, data)
+
+
+@settings(max_examples=500, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(docs=st.lists(documents, min_size=1, max_size=4), data=st.data())
+def test_match_index_reaches_every_group_that_matches(docs: list[Any],
+                                                      data: st.DataObject) -> None:
+    """Indexing groups by an eq/in condition (path, value) or by exact types
+    leaves out only groups that cannot match: index then test equals
+    testing every group, for every event."""
+    hints = [leaf for doc in docs for leaf in leaves(doc)]
+    groups = [Group(selector, False) for selector in
+              data.draw(st.lists(selectors(hints), min_size=1, max_size=8), label="selectors")]
+    routes = Routes()
+    for group in groups:
+        routes.add(group)
+    removed = data.draw(st.sets(st.sampled_from(range(len(groups)))), label="removed")
+    for index in removed:
+        routes.remove(groups[index])
+    for doc in docs:
+        for stream in ("s", "s.a", "s.a.b"):
+            event = Event.from_row(1, 1, stream, data.draw(st.sampled_from(TYPES)),
+                                   dump(doc).encode(), "2026-11-29T00:00:00Z", 0.0)
+            reached = {group for group in Routes.reach(event, routes.routes(stream))
+                       if group.selector.accepts(event)}
+            expected = {group for index, group in enumerate(groups) if index not in removed
+                        and group.selector.matches(event)}
+            assert reached == expected
+    for index in set(range(len(groups))) - removed:
+        routes.remove(groups[index])
+    assert routes.routes("s") == routes.routes("s.a.b") == []

@@ -1,0 +1,164 @@
+"""Where the hub finds the live subscriptions an event can reach.
+
+Live subscriptions with one selector and format form a Group, matched once
+per event and written alike. Groups are filed under each stream name or
+pattern they ask for (exact names in a dict, patterns in a subject tree),
+and under each, indexed by one condition every match must meet: an `eq` or
+`in` data filter by (path, value), else exact types; the rest are tested on
+every event of the stream. An event looks its own value up once per indexed
+path, so the work per event follows the groups it can reach, not every group
+of its stream. Candidates are then tested in full (`Selector.accepts`): the
+index only leaves out groups that cannot match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable
+from typing import Any
+
+from .events import Event
+from .filters import lookup, value_key
+from .patterns import StreamPattern, SubjectTree
+from .subscription import Selector, Subscription
+
+
+class Group:
+    """Live subscriptions with the same selector and format: matched once, written alike."""
+
+    __slots__ = ("selector", "cloudevents", "members", "path", "keys", "types")
+
+    def __init__(self, selector: Selector, cloudevents: bool) -> None:
+        self.selector = selector
+        self.cloudevents = cloudevents
+        self.members: set[Subscription] = set()
+        # Where the group is indexed: by a data condition's path and keys,
+        # else by exact types, else nowhere (tested on every event).
+        self.path: tuple[str, ...] | None = None
+        self.keys: frozenset[Hashable] = frozenset()
+        self.types: frozenset[str] = frozenset()
+        condition = selector.data.index_condition() if selector.data is not None else None
+        if condition is not None:
+            self.path = condition.path
+            self.keys = condition.index_keys() or frozenset()
+        elif selector.types is not None and not selector.types.prefixes:
+            self.types = selector.types.exact
+
+    def frame(self, event: Event) -> bytes:
+        return event.cloudevent_sse if self.cloudevents else event.sse
+
+
+class Route:
+    """The groups filed under one stream name or pattern, indexed."""
+
+    __slots__ = ("values", "types", "rest", "size")
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, ...], dict[Hashable, set[Group]]] = {}
+        self.types: dict[str, set[Group]] = {}
+        self.rest: set[Group] = set()
+        self.size = 0
+
+    def add(self, group: Group) -> None:
+        self.size += 1
+        if group.path is not None:
+            # No keys (`in.()`): it can match nothing, and is filed nowhere.
+            for key in group.keys:
+                self.values.setdefault(group.path, {}).setdefault(key, set()).add(group)
+        elif group.types:
+            for type_ in group.types:
+                self.types.setdefault(type_, set()).add(group)
+        else:
+            self.rest.add(group)
+
+    def remove(self, group: Group) -> None:
+        self.size -= 1
+        if group.path is not None:
+            table = self.values.get(group.path)
+            if table is not None:
+                for key in group.keys:
+                    _discard(table, key, group)
+                if not table:
+                    del self.values[group.path]
+        elif group.types:
+            for type_ in group.types:
+                _discard(self.types, type_, group)
+        else:
+            self.rest.discard(group)
+
+    def reach(self, event: Event, found: set[Group]) -> None:
+        """Add the groups that `event` can match to `found`."""
+        if self.values:
+            data = event.data  # decoded once per event, on first use
+            for path, table in self.values.items():
+                key = value_key(lookup(data, path))
+                if key is not None:
+                    groups = table.get(key)
+                    if groups:
+                        found |= groups
+        if self.types:
+            groups = self.types.get(event.type)
+            if groups:
+                found |= groups
+        if self.rest:
+            found |= self.rest
+
+
+def _discard(table: dict[Any, set[Group]], key: Any, group: Group) -> None:
+    groups = table.get(key)
+    if groups is not None:
+        groups.discard(group)
+        if not groups:
+            del table[key]
+
+
+class Routes:
+    """Every live group, filed by stream name or pattern."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, Route] = {}
+        self._by_pattern: dict[str, Route] = {}
+        self._patterns: SubjectTree[Route] = SubjectTree()
+
+    def add(self, group: Group) -> None:
+        for pattern in group.selector.patterns:
+            self._route(pattern, create=True).add(group)
+
+    def remove(self, group: Group) -> None:
+        for pattern in group.selector.patterns:
+            route = self._route(pattern, create=False)
+            route.remove(group)
+            if not route.size:
+                if pattern.is_exact:
+                    del self._exact[pattern.text]
+                else:
+                    del self._by_pattern[pattern.text]
+                    self._patterns.remove(pattern, route)
+
+    def _route(self, pattern: StreamPattern, create: bool) -> Route:
+        table = self._exact if pattern.is_exact else self._by_pattern
+        route = table.get(pattern.text)
+        if route is None:
+            assert create, f"no route for {pattern.text}"
+            route = table[pattern.text] = Route()
+            if not pattern.is_exact:
+                self._patterns.add(pattern, route)
+        return route
+
+    def routes(self, stream: str) -> list[Route]:
+        """The routes whose name or pattern matches `stream`."""
+        found = [self._exact[stream]] if stream in self._exact else []
+        if self._patterns.size:
+            found.extend(self._patterns.match(stream))
+        return found
+
+    @staticmethod
+    def reach(event: Event, routes: list[Route]) -> Collection[Group]:
+        """The groups of `routes` that `event` can match (each once)."""
+        if len(routes) == 1:
+            route = routes[0]
+            if not route.values and not route.types:
+                return route.rest  # the plain case: no set to build
+        found: set[Group] = set()
+        for route in routes:
+            route.reach(event, found)
+        return found
