@@ -47,7 +47,9 @@ LEFT JOIN LATERAL (
 -- name: read_selected
 -- One page of a subscriber's own catch-up, or of a JSON page: the rows of the
 -- selected streams after a position and below the snapshot's xmin, in
--- stream order, tested against the selector's filters.
+-- stream order, tested against the selector's filters, each as the bytes the
+-- client gets ({frame}: one of the frame_* expressions below), so that a
+-- replay costs the server no decoding and no encoding.
 -- Bounded work: the scan examines at most $4 rows of the selected streams
 -- (`n` counts them) and stops as soon as $3 rows have come out. A row comes
 -- out when it matches (`hit`) or when it is the last one the scan may examine
@@ -62,8 +64,7 @@ LEFT JOIN LATERAL (
 -- moves it in one transaction, so the page is missing exactly the rows at or
 -- before it, never rows the reader was not told about.
 SELECT h.xmin::text::bigint AS xmin, h.xmax::text::bigint AS xmax,
-       h.pruned_xid::text::bigint AS pruned_xid, h.pruned_id,
-       e.n, e.hit, e.xid, e.id, e.stream, e.type, e.data, e.created_at, e.epoch
+       h.pruned_xid::text::bigint AS pruned_xid, h.pruned_id, e.n, e.hit, e.xid, e.id, e.frame
 FROM (
     SELECT s.xmin, s.xmax, r.pruned_xid, r.pruned_id
     FROM (SELECT pg_snapshot_xmin(c.snap) AS xmin, pg_snapshot_xmax(c.snap) AS xmax
@@ -73,9 +74,7 @@ FROM (
 LEFT JOIN LATERAL (
     SELECT w.n, w.hit, w.xid::text::bigint AS xid, w.id, w.stream, w.type,
            CASE WHEN w.hit AND w.running - octet_length(w.data) < $5
-                THEN convert_to(w.data, 'UTF8') END AS data,
-           sse_stream.time_text(w.created_at) AS created_at,
-           extract(epoch FROM w.created_at)::float8 AS epoch
+                THEN convert_to({frame}, 'UTF8') END AS frame
     FROM (
         SELECT t.xid, t.id, t.stream, t.type, t.created_at, t.hit, t.data,
                row_number() OVER win AS n,
@@ -99,6 +98,25 @@ LEFT JOIN LATERAL (
     ORDER BY w.xid, w.id
     LIMIT $3
 ) e ON true;
+
+-- name: frame_json
+-- The envelope of SPEC §2 over the row `w` of read_selected: stream and type
+-- need no JSON escaping (the table's checks), data is jsonb's own text.
+'{"id":' || w.id || ',"position":"' || w.xid::text || '-' || w.id
+    || '","stream":"' || w.stream || '","type":"' || w.type || '","data":' || w.data
+    || ',"created_at":"' || sse_stream.time_text(w.created_at) || '"}'
+
+-- name: frame_json_cloudevents
+-- The same event as a CloudEvents 1.0 JSON envelope (structured mode).
+'{"specversion":"1.0","id":"' || w.id || '","source":"/streams/' || w.stream
+    || '","type":"' || w.type || '","time":"' || sse_stream.time_text(w.created_at)
+    || '","datacontenttype":"application/json","data":' || w.data || ',"ssestream":"'
+    || w.stream || '","sseposition":"' || w.xid::text || '-' || w.id || '"}'
+
+-- name: frame_sse
+-- An SSE frame: the position as its id, the type as its event, an envelope.
+'id: ' || w.xid::text || '-' || w.id || E'\nevent: ' || w.type || E'\ndata: ' || {envelope}
+    || E'\n\n'
 
 -- name: pruned_position
 SELECT pruned_xid::text::bigint, pruned_id FROM sse_stream.retention;

@@ -287,17 +287,18 @@ async def read_page(request: web.Request) -> web.Response:
     # A bounded wait for a read connection (else 503): a page is one short
     # statement, and heavy readers never take the live path's capacity.
     wait = request.app[SETTINGS].capacity_wait
-    page = await store.read_selected(after, limit, selector_sql, wait=wait,
+    page = await store.read_selected(after, limit, selector_sql, sse=False,
+                                     cloudevents=cloudevents, wait=wait,
                                      replica=store.replica_dsn is not None)
     if not page.full and store.replica_dsn is not None:
         # The replica has nothing more: the primary may (a lagging replica),
         # and only the primary knows whether `after` was ever handed out.
-        page = await store.read_selected(after, limit, selector_sql, wait=wait)
+        page = await store.read_selected(after, limit, selector_sql, sse=False,
+                                         cloudevents=cloudevents, wait=wait)
     if page.future:
         raise InvalidInput("after", "this position is beyond anything this database has "
                            "handed out (a restored or replaced cluster?); start again from "
                            f"0 or from {page.covered.encode()}, the current end", status=409)
-    events = page.events
     has_more = page.full
     next_after = page.covered
     gap = b""
@@ -306,7 +307,7 @@ async def read_page(request: web.Request) -> web.Response:
         gap = b',"gap":{"requested_after":"%s","resumed_after":"%s"}' % (
             after.encode().encode(), page.pruned.encode().encode())
     body = b'{"events":[%s],"next_after":"%s","has_more":%s%s}' % (
-        b",".join(event.cloudevent if cloudevents else event.envelope for event in events),
+        b",".join(page.frames),
         next_after.encode().encode(),
         b"true" if has_more else b"false", gap)
     return web.Response(body=body, content_type="application/json")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from math import isfinite
 from datetime import datetime, timezone
 
@@ -31,7 +32,7 @@ from .events import ORIGIN, Event, Position
 from .metrics import LAG_BUCKETS, READ_BUCKETS, Buckets
 from .response import KEEPALIVE
 from .settings import Settings
-from .store import EventStore, Page
+from .store import EventStore, Frames, Page
 from .routing import Group, Route, Routes
 from .subscription import Payload, Selector, Subscription
 from .tasks import cancel_and_wait
@@ -52,6 +53,7 @@ class Hub:
         self.closing = False
         self._doorbell = asyncio.Event()
         self._held = False
+        self._last_read = 0.0  # when the last shared read started (monotonic)
         # Resolved by the next shared read that starts after it was made:
         # where a live-only stream starts (see _fresh_position).
         self._next_read: asyncio.Future[bool] | None = None
@@ -133,11 +135,25 @@ class Hub:
                     await self._doorbell.wait()
             except TimeoutError:
                 pass
+            else:
+                await self._coalesce()
             # Cleared before the read: a NOTIFY during the read rings again.
             self._doorbell.clear()
 
+    async def _coalesce(self) -> None:
+        """While commits ring faster than `coalesce_window`, read at most once
+        per window: one read then carries several commits' events, and each
+        event waits at most the window. A doorbell after a quiet spell reads
+        at once."""
+        window = self.settings.coalesce_window
+        if window > 0:
+            early = self._last_read + window - time.monotonic()
+            if early > 0:
+                await asyncio.sleep(early)
+
     async def _read_new(self) -> None:
         self.wakeups += 1
+        self._last_read = time.monotonic()
         read = 0
         try:
             while True:
@@ -335,7 +351,11 @@ class Hub:
             subscription.signal.clear()
 
     async def _catch_up(self, subscription: Subscription, follow: bool) -> bool:
-        """Replay from the table; True once caught up (and, if following, live)."""
+        """Replay from the table; True once caught up (and, if following, live).
+
+        Pages come from PostgreSQL as the bytes the client gets, one write
+        each; while a full page drains to the socket the next one is read.
+        """
         response = subscription.response
         backoff = 0.1
         # Bulk replay may go to a replica. The replica's own snapshot horizon
@@ -343,54 +363,71 @@ class Hub:
         # the hub's watermark, so the last stretch before joining is read
         # from the primary.
         replica = self.store.replica_dsn is not None
-        while not subscription.closed and not self.closing:
-            try:
-                # Wait for the socket first: a slow client reads at its own pace.
-                await response.drain()
-                page = await self.store.read_selected(
-                    subscription.cursor, self.settings.page_size, subscription.sql,
-                    replica=replica)
-            except ConnectionError:
-                subscription.close()
-                return False
-            except DatabaseUnavailable:
+        ahead: asyncio.Future[Frames] | None = None  # the next page, read while one drains
+        try:
+            while not subscription.closed and not self.closing:
                 try:
-                    async with asyncio.timeout(backoff):
-                        await subscription.signal.wait()
-                except TimeoutError:
-                    pass
-                subscription.signal.clear()
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if page.future:
-                # A position this database never handed out (a client of a
-                # replaced or restored cluster): say so, go on from its end.
-                self._write_gap(subscription, subscription.cursor, page.covered)
-            elif page.pruned is not None and ORIGIN < subscription.cursor < page.pruned:
-                # Retention removed events after the requested position (0,
-                # "from the oldest retained", is no gap).
-                self._write_gap(subscription, subscription.cursor, page.pruned)
-            self._write_page(subscription, page.events)
-            subscription.cursor = max(subscription.cursor, page.covered)
-            if page.full:
-                continue
-            if replica:
-                # A `live=false` stream ends here: at the primary's newest
-                # event, not at the lagging replica's.
-                replica = False
-                continue
-            if subscription.cursor > subscription.sent:
-                # Move the client's position past what it did not match.
-                subscription.write(b"id: %s\n\n" % subscription.cursor.encode().encode())
-                subscription.sent = subscription.cursor
-            if not follow:
-                return True
-            if subscription.cursor >= self.watermark:
-                # No await between this check and the join: the hub's next
-                # fan-out starts after the watermark and skips up to cursor.
-                self._join(subscription)
-                return True
-        return False
+                    if ahead is None:
+                        # Wait for the socket first: a slow client reads at its own pace.
+                        await response.drain()
+                        ahead = asyncio.ensure_future(self._read_page(subscription, replica))
+                    reading, ahead = ahead, None
+                    page = await reading
+                except ConnectionError:
+                    subscription.close()
+                    return False
+                except DatabaseUnavailable:
+                    try:
+                        async with asyncio.timeout(backoff):
+                            await subscription.signal.wait()
+                    except TimeoutError:
+                        pass
+                    subscription.signal.clear()
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if page.future:
+                    # A position this database never handed out (a client of a
+                    # replaced or restored cluster): say so, go on from its end.
+                    self._write_gap(subscription, subscription.cursor, page.covered)
+                elif page.pruned is not None and ORIGIN < subscription.cursor < page.pruned:
+                    # Retention removed events after the requested position (0,
+                    # "from the oldest retained", is no gap).
+                    self._write_gap(subscription, subscription.cursor, page.pruned)
+                self._write_page(subscription, page)
+                subscription.cursor = max(subscription.cursor, page.covered)
+                if page.full:
+                    ahead = asyncio.ensure_future(self._read_page(subscription, replica))
+                    try:
+                        await response.drain()
+                    except ConnectionError:
+                        subscription.close()
+                        return False
+                    continue
+                if replica:
+                    # A `live=false` stream ends here: at the primary's newest
+                    # event, not at the lagging replica's.
+                    replica = False
+                    continue
+                if subscription.cursor > subscription.sent:
+                    # Move the client's position past what it did not match.
+                    subscription.write(b"id: %s\n\n" % subscription.cursor.encode().encode())
+                    subscription.sent = subscription.cursor
+                if not follow:
+                    return True
+                if subscription.cursor >= self.watermark:
+                    # No await between this check and the join: the hub's next
+                    # fan-out starts after the watermark and skips up to cursor.
+                    self._join(subscription)
+                    return True
+            return False
+        finally:
+            if ahead is not None:
+                _abandon(ahead)
+
+    def _read_page(self, subscription: Subscription, replica: bool) -> Awaitable[Frames]:
+        return self.store.read_selected(subscription.cursor, self.settings.replay_page_size,
+                                        subscription.sql, cloudevents=subscription.cloudevents,
+                                        replica=replica)
 
     def _write_gap(self, subscription: Subscription, requested: Position,
                    resumed: Position) -> None:
@@ -401,12 +438,12 @@ class Hub:
         subscription.cursor = subscription.sent = resumed
         self.gaps += 1
 
-    def _write_page(self, subscription: Subscription, events: list[Event]) -> None:
-        if events:
-            subscription.write(b"".join(map(subscription.frame, events)))
-            subscription.sent = events[-1].position
-            subscription.events_sent += len(events)
-            self.replayed += len(events)
+    def _write_page(self, subscription: Subscription, page: Frames) -> None:
+        if page.last is not None:
+            subscription.write(b"".join(page.frames))
+            subscription.sent = page.last
+            subscription.events_sent += len(page.frames)
+            self.replayed += len(page.frames)
 
     # -- heartbeats ---------------------------------------------------------------
 
@@ -456,3 +493,13 @@ class Hub:
                 "expires_at": datetime.fromtimestamp(expires_at, timezone.utc)
                 .isoformat().replace("+00:00", "Z")})
             subscription.write(b"event: sse.token-expiring\ndata: %s\n\n" % data)
+
+
+def _abandon(future: asyncio.Future[Frames]) -> None:
+    """Cancel a read nobody will wait for; an error it already had is dropped
+    (the stream is ending), not logged as never retrieved."""
+    if future.done():
+        if not future.cancelled():
+            future.exception()
+    else:
+        future.cancel()

@@ -31,11 +31,19 @@ class Settings:
     retry: int = field(default=2000, metadata={"help": "reconnect delay sent to clients (ms)"})
     poll_interval: float = field(default=1.0,
                                  metadata={"help": "seconds between reads when no NOTIFY arrives"})
+    coalesce_window: float = field(default=0.003,
+                                   metadata={"help": "seconds: while commits arrive faster, the "
+                                                     "shared read runs at most once per window "
+                                                     "(0: read on every doorbell)"})
     # Each page is decoded and fanned out in one go, without yielding the
     # loop: 1000 rows cost up to 65 ms under load and stalled heartbeats when
     # several streams replayed at once; 200 rows keep it under 10 ms at the
     # same replay throughput (tests/test_lag.py).
-    page_size: int = field(default=200, metadata={"help": "rows per database read"})
+    page_size: int = field(default=200, metadata={"help": "rows per shared live read"})
+    # A replay page is PostgreSQL's bytes, joined and written: little Python
+    # work per row, so larger pages cost the loop little (tests/test_lag.py).
+    replay_page_size: int = field(default=1000,
+                                  metadata={"help": "rows per catch-up (replay) read"})
     max_pending: int = field(default=1 << 20,
                              metadata={"help": "bytes a client may have unsent before it is "
                                                "moved to catching up from the table"})
@@ -72,6 +80,9 @@ class Settings:
         default=86400.0, metadata={"help": "seconds an Idempotency-Key of HTTP publishing is "
                                            "remembered, at least (default 24 h)"})
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    no_uvloop: bool = field(default=False,
+                            metadata={"help": "run on asyncio's own event loop even when uvloop "
+                                              "is installed"})
     metrics_stream_labels: bool = field(
         default=False, metadata={"help": "label sse_stream_open_streams by the streams clients "
                                          "asked for (first 50 values, then 'other'); off: no "

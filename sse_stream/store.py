@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import cache
 from datetime import timedelta
 from typing import Any, AsyncIterator
 
@@ -86,6 +87,20 @@ class Page:
 
 
 @dataclass(frozen=True)
+class Frames:
+    """A page of a catch-up or JSON page: each matching event as the bytes the
+    client gets, built by PostgreSQL. `last` is the last one's position;
+    `covered`, `full`, `pruned` and `future` as in Page."""
+
+    frames: list[bytes]
+    last: Position | None
+    covered: Position
+    full: bool
+    pruned: Position | None = None
+    future: bool = False
+
+
+@dataclass(frozen=True)
 class Published:
     """The ids of a published batch, in input order.
 
@@ -157,6 +172,17 @@ def _row_events(rows: Sequence[asyncpg.Record], skipped: list[int]) -> list[Even
             log.exception("skipped an event that could not be built: position %s-%s",
                           row["xid"], row["id"])
     return events
+
+
+@cache
+def _frame_sql(sse: bool, cloudevents: bool) -> str:
+    envelope = query("frame_json_cloudevents" if cloudevents else "frame_json")
+    return query("frame_sse").replace("{envelope}", envelope) if sse else envelope
+
+
+def _selected_sql(selector: SelectorSql, sse: bool, cloudevents: bool) -> str:
+    return query("read_selected").replace("{streams}", selector.streams) \
+        .replace("{filter}", selector.filter).replace("{frame}", _frame_sql(sse, cloudevents))
 
 
 def _pruned(row: asyncpg.Record) -> Position | None:
@@ -287,8 +313,10 @@ class EventStore:
         return Page(events, covered, head["held"] and not full, full, pruned)
 
     async def read_selected(self, after: Position, limit: int, selector: SelectorSql, *,
-                            replica: bool = False, wait: float | None = None) -> Page:
-        """One page of a subscriber's catch-up or of a JSON page, filtered in SQL.
+                            sse: bool = True, cloudevents: bool = False, replica: bool = False,
+                            wait: float | None = None) -> Frames:
+        """One page of a subscriber's catch-up (`sse`) or of a JSON page,
+        filtered in SQL, each event as the bytes the client gets.
 
         At most `limit` events; bounded in rows examined and bytes (see
         StoreLimits). `wait` bounds the wait for a read connection (None:
@@ -298,8 +326,7 @@ class EventStore:
         self.reads += 1
         limits = self.limits
         replica = replica and self._replica is not None
-        sql = query("read_selected").replace("{streams}", selector.streams) \
-            .replace("{filter}", selector.filter)
+        sql = _selected_sql(selector, sse, cloudevents)
         args = (str(after.xid), after.id, limit + 1, limits.scan_rows, limits.page_bytes,
                 *selector.params)
         async with self.reads_capacity.slot(wait):
@@ -320,28 +347,31 @@ class EventStore:
         xmin: int = head["xmin"]
         pruned = _pruned(head)
         if not replica and after.xid >= head["xmax"]:
-            return Page([], Position.after_horizon(xmin), False, False, pruned, future=True)
+            return Frames([], None, Position.after_horizon(xmin), False, pruned, future=True)
         if head["id"] is None:
-            return Page([], max(after, Position.after_horizon(xmin)), False, False, pruned)
-        hits = [row for row in rows if row["hit"]]
-        skipped = [0]
-        events = _row_events(hits[:limit], skipped)
-        self.skipped_rows += skipped[0]
-        taken = len(events) + skipped[0]  # hits handed over (or skipped), in order
-        last = rows[-1]
-        if taken < min(len(hits), limit):
-            # The byte budget ended the page before a match.
-            full, covered = True, Position(hits[taken - 1]["xid"], hits[taken - 1]["id"]) \
-                if taken else after
-        elif len(hits) > limit:
-            full, covered = True, Position(hits[limit - 1]["xid"], hits[limit - 1]["id"])
-        elif last["n"] == limits.scan_rows:
+            return Frames([], None, max(after, Position.after_horizon(xmin)), False, pruned)
+        frames: list[bytes] = []
+        last: asyncpg.Record | None = None  # the last match handed over
+        over = False  # a match past the byte budget ended the page
+        for row in rows:
+            if row["hit"]:
+                frame = row["frame"]
+                if frame is None or len(frames) == limit:
+                    over = True
+                    break
+                frames.append(frame)
+                last = row
+        end = rows[-1]
+        position = None if last is None else Position(last["xid"], last["id"])
+        if over:
+            full, covered = True, position or after
+        elif end["n"] == limits.scan_rows:
             # The scan budget ended the page: everything up to the last row
             # examined has been seen, matched or not.
-            full, covered = True, Position(last["xid"], last["id"])
+            full, covered = True, Position(end["xid"], end["id"])
         else:
             full, covered = False, max(after, Position.after_horizon(xmin))
-        return Page(events, covered, False, full, pruned)
+        return Frames(frames, position, covered, full, pruned)
 
     async def pruned_position(self) -> Position | None:
         async with self._connection(self._background) as connection:
