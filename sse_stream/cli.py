@@ -60,7 +60,8 @@ def _serve_worker(settings: Settings, reuse_port: bool) -> None:
     from .app import create_app
 
     _configure_logging(settings)
-    _use_uvloop()
+    if not settings.no_uvloop:
+        _use_uvloop()
     web.run_app(create_app(settings), host=settings.host, port=settings.port,
                 reuse_port=reuse_port or None, handler_cancellation=True,
                 shutdown_timeout=settings.shutdown_timeout, print=None,
@@ -68,9 +69,8 @@ def _serve_worker(settings: Settings, reuse_port: bool) -> None:
 
 
 def _use_uvloop() -> None:
-    """Run on uvloop when it is installed (the `fast` extra): cheaper socket writes."""
-    if os.environ.get("SSE_STREAM_NO_UVLOOP"):
-        return
+    """Run on uvloop when it is installed (a dependency where it builds): cheaper
+    socket writes and callbacks."""
     try:
         import uvloop
     except ImportError:
