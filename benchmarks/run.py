@@ -1,10 +1,19 @@
 """sse-stream benchmarks: `python benchmarks/run.py SCENARIO [options]`.
 
-Scenarios: fanout, filtered, idle, replay, churn, hostile (see README "Benchmarks").
-Each starts its own `sse-stream serve` process on 127.0.0.1 (and, without
---dsn, its own embedded PostgreSQL with fsync off), runs for a bounded time,
-prints a table and one JSON line (prefixed `RESULT `), and stops what it
-started by PID. The load generator runs in this process (benchmarks/loadgen.py).
+Scenarios: fanout, filtered, peruser, idle, replay, page, churn, hostile (see
+README "Benchmarks"). Each starts its own `sse-stream serve` process on
+127.0.0.1 (and, without --dsn, its own embedded PostgreSQL with fsync off),
+runs for a bounded time, prints a table and one JSON line (prefixed
+`RESULT `), and stops what it started by PID. The load generator runs in this
+process (benchmarks/loadgen.py).
+
+The server under test: by default this checkout, run by this interpreter.
+`--server-python PATH --server-src DIR` (or the environment variables
+SSE_STREAM_BENCH_SERVER_PYTHON and SSE_STREAM_BENCH_SERVER_SRC) run the server,
+and the schema migration, from another source tree with its own interpreter
+(a venv with that tree installed, so that its sql/ is the one found), while
+the load generator, the publisher and the embedded PostgreSQL stay this
+checkout's: that is how benchmarks/ab.py compares two commits.
 
 Publishing: events are written with SQL in batches, one INSERT ... SELECT
 generate_series per transaction, so the publisher is never the bottleneck.
@@ -12,6 +21,22 @@ At a rate R up to 100 events/s a transaction carries one event (R tx/s);
 above that there are 100 transactions per second of R/100 events each
 (R=1000: 100 tx/s of 10 events). `--rate 0` ("max") commits batches of
 `--batch` events (default 100) back to back on one connection.
+
+peruser: S subscribers, one user each; every event is for exactly one user.
+    python benchmarks/run.py peruser --mode filter    # one stream, ?data.u=eq.K each
+    python benchmarks/run.py peruser --mode stream    # one stream per user, s<tag>.uK
+    python benchmarks/run.py peruser --mode filter --subscribers 10000 --rate 200
+Event k (k = 1, 2, ...) has data {"seq": k, "u": k % S, ...} and, in stream
+mode, goes to the stream <prefix>.u<k % S>. Subscriber K receives only user K's
+events, each once: published events = expected deliveries; an event of
+another user, or a repeat, counts in "misdelivered" / "duplicated". Every
+subscriber parses its frames (latency of every delivery).
+
+page: one client reads a stream of --rows events in JSON pages of --limit
+(1,000) rows, `GET /streams/S/events?after=P&limit=L` following next_after,
+--passes times; page latency is the request's start to its body fully read.
+    python benchmarks/run.py page                      # 100,000 rows, 3 passes
+    python benchmarks/run.py page --query "data.user_id=eq.7"
 
 hostile: what heavy readers do to live delivery and publishing (SPEC §6).
     python benchmarks/run.py hostile                          # 1,000,000 rows, H = 0, 10, 50
@@ -77,6 +102,15 @@ SELECT $1, 'bench.tick',
 FROM generate_series($2::bigint, $3::bigint) AS s
 """
 
+# peruser: $6 true puts each event on its user's own stream, <prefix>.u<user>.
+PERUSER = """
+INSERT INTO sse_stream.events (stream, type, data)
+SELECT CASE WHEN $6 THEN $1 || '.u' || (s % $4) ELSE $1 END, 'bench.tick',
+       jsonb_build_object('seq', s, 'u', s % $4, 'pad', $5::text,
+                          'ts', extract(epoch FROM clock_timestamp()))
+FROM generate_series($2::bigint, $3::bigint) AS s
+"""
+
 NUMBERED = """
 INSERT INTO sse_stream.events (stream, type, data)
 SELECT $1, 'bench.row', jsonb_build_object('n', s)
@@ -87,18 +121,58 @@ FROM generate_series(0, $2::bigint - 1) AS s
 
 # -- processes --------------------------------------------------------------------
 
+SERVER_PYTHON_ENV = "SSE_STREAM_BENCH_SERVER_PYTHON"
+SERVER_SRC_ENV = "SSE_STREAM_BENCH_SERVER_SRC"
+
+
+@dataclass(frozen=True)
+class ServerSide:
+    """The interpreter and source tree the server (and the migration) run from."""
+
+    python: str
+    src: Path
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServerSide:
+        python = args.server_python or os.environ.get(SERVER_PYTHON_ENV) or sys.executable
+        src = args.server_src or os.environ.get(SERVER_SRC_ENV) or str(ROOT)
+        return cls(python, Path(src).resolve())
+
+    @property
+    def is_this_checkout(self) -> bool:
+        return self.src == ROOT and self.python == sys.executable
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.src)}
+
+    def command(self, *args: str) -> list[str]:
+        return [self.python, "-m", "sse_stream.cli", *args]
+
+    async def migrate(self, dsn: str) -> None:
+        """Apply this side's sql/ migrations: in this process for this checkout, else its CLI."""
+        if self.is_this_checkout:
+            from sse_stream.migrate import migrate_dsn
+
+            await migrate_dsn(dsn)
+            return
+        done = await asyncio.to_thread(
+            subprocess.run, self.command("migrate", "--dsn", dsn, "--log-level", "WARNING"),
+            env=self.env(), cwd=self.src, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"migrate with {self.python} in {self.src} exited with "
+                               f"{done.returncode}: {done.stderr.strip()[-2000:]}")
+
 
 class ServerProcess:
     """`python -m sse_stream.cli serve` on 127.0.0.1, measured through /proc."""
 
-    def __init__(self, dsn: str, log: Path, *extra: str) -> None:
+    def __init__(self, dsn: str, log: Path, side: ServerSide, *extra: str) -> None:
         self.port = free_port()
         self.log = log.open("ab")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sse_stream.cli", "serve", "--dsn", dsn, "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "WARNING", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            side.command("serve", "--dsn", dsn, "--host", "127.0.0.1", "--port", str(self.port),
+                         "--log-level", "WARNING", *extra),
+            stdout=self.log, stderr=subprocess.STDOUT, env=side.env(), cwd=side.src)
         self.pid = self.process.pid
 
     async def ready(self, timeout: float = 60) -> None:
@@ -145,12 +219,16 @@ class ServerProcess:
 class Setup:
     dsn: str
     folder: Path
+    side: ServerSide
 
 
 @asynccontextmanager
 async def database(args: argparse.Namespace) -> AsyncIterator[Setup]:
     """The given DSN, or an embedded PostgreSQL (fsync off) in a temporary folder."""
     folder = Path(tempfile.mkdtemp(prefix="sse-stream-bench-"))
+    side = ServerSide.from_args(args)
+    if not side.is_this_checkout:
+        print(f"server side: {side.python} in {side.src}", file=sys.stderr)
     embedded = None
     try:
         if args.dsn:
@@ -160,10 +238,8 @@ async def database(args: argparse.Namespace) -> AsyncIterator[Setup]:
 
             embedded = EmbeddedPostgres(folder / "pgdata", fast=True)
             dsn = embedded.start()
-        from sse_stream.migrate import migrate_dsn
-
-        await migrate_dsn(dsn)
-        yield Setup(dsn, folder)
+        await side.migrate(dsn)
+        yield Setup(dsn, folder, side)
     finally:
         if embedded is not None:
             embedded.stop("immediate")
@@ -181,7 +257,8 @@ async def server(setup: Setup, *extra: str, profile: str | None = None
     A profile path ending in .txt gets py-spy's raw format (collapsed stacks,
     one line per stack with its sample count); anything else a flame graph SVG.
     """
-    process = ServerProcess(setup.dsn, setup.folder / "serve.log", "--no-migrate", *extra)
+    process = ServerProcess(setup.dsn, setup.folder / "serve.log", setup.side, "--no-migrate",
+                            *extra)
     spy = None
     try:
         await process.ready()
@@ -206,10 +283,13 @@ async def server(setup: Setup, *extra: str, profile: str | None = None
 # -- publishing -------------------------------------------------------------------
 
 
-def batch_plan(rate: float, batch: int) -> tuple[int, float]:
-    """Events per transaction and transactions per second for a rate (0: max)."""
+def batch_plan(rate: float, batch: int, per_tx: int = 0) -> tuple[int, float]:
+    """Events per transaction and transactions per second for a rate (0: max);
+    `per_tx` > 0 fixes the events per transaction."""
     if rate <= 0:
         return batch, 0.0
+    if per_tx > 0:
+        return per_tx, rate / per_tx
     if rate <= 100:
         return 1, rate
     per_tx = max(1, round(rate / 100))
@@ -217,9 +297,14 @@ def batch_plan(rate: float, batch: int) -> tuple[int, float]:
 
 
 async def publish(dsn: str, stream: str, rate: float, seconds: float, *, batch: int = 100,
-                  users: int = 1000, first: int = 1) -> tuple[int, float]:
-    """Publish for `seconds`; return (events published, seconds spent)."""
-    per_tx, tx_rate = batch_plan(rate, batch)
+                  users: int = 1000, first: int = 1,
+                  per_user: bool | None = None, per_tx: int = 0) -> tuple[int, float]:
+    """Publish for `seconds`; return (events published, seconds spent).
+
+    `per_user` None: INSERT (data.user_id); False: PERUSER on `stream` (data.u);
+    True: PERUSER, each event on its user's stream `stream`.u<user>.
+    """
+    per_tx, tx_rate = batch_plan(rate, batch, per_tx)
     connection = await asyncpg.connect(dsn)
     seq = first
     try:
@@ -234,7 +319,11 @@ async def publish(dsn: str, stream: str, rate: float, seconds: float, *, batch: 
                 if due > now:
                     await asyncio.sleep(due - now)
                 ticks += 1
-            await connection.execute(INSERT, stream, seq, seq + per_tx - 1, users, PAD)
+            if per_user is None:
+                await connection.execute(INSERT, stream, seq, seq + per_tx - 1, users, PAD)
+            else:
+                await connection.execute(PERUSER, stream, seq, seq + per_tx - 1, users, PAD,
+                                         per_user)
             seq += per_tx
         return seq - first, time.monotonic() - start
     finally:
@@ -242,19 +331,21 @@ async def publish(dsn: str, stream: str, rate: float, seconds: float, *, batch: 
 
 
 def _publish_process(dsn: str, stream: str, rate: float, seconds: float, batch: int,
-                     users: int) -> tuple[int, float]:
-    return asyncio.run(publish(dsn, stream, rate, seconds, batch=batch, users=users))
+                     users: int, per_user: bool | None, per_tx: int) -> tuple[int, float]:
+    return asyncio.run(publish(dsn, stream, rate, seconds, batch=batch, users=users,
+                               per_user=per_user, per_tx=per_tx))
 
 
 async def publish_elsewhere(dsn: str, stream: str, rate: float, seconds: float, *,
-                            batch: int = 100, users: int = 1000) -> tuple[int, float]:
+                            batch: int = 100, users: int = 1000,
+                            per_user: bool | None = None, per_tx: int = 0) -> tuple[int, float]:
     """`publish` in a process of its own, so a busy load generator cannot slow it down."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return await asyncio.get_running_loop().run_in_executor(
-            pool, _publish_process, dsn, stream, rate, seconds, batch, users)
+            pool, _publish_process, dsn, stream, rate, seconds, batch, users, per_user, per_tx)
 
 
 async def load_rows(dsn: str, stream: str, count: int) -> float:
@@ -373,6 +464,84 @@ async def fanout(args: argparse.Namespace, *, filtered: bool = False) -> dict[st
     return result
 
 
+async def peruser(args: argparse.Namespace) -> dict[str, Any]:
+    """S subscribers, one user each; each event is for exactly one of them.
+
+    filter mode: one stream, subscriber K asks for ?data.u=eq.K; stream mode:
+    subscriber K reads the stream <prefix>.uK. Every subscriber parses (one
+    event every S/R seconds each), so every delivery gives a latency.
+    """
+    users = args.subscribers
+    prefix = "s" + uuid.uuid4().hex[:8]
+    by_stream = args.mode == "stream"
+    if by_stream:
+        paths = [f"/streams/{prefix}.u{k}" for k in range(users)]
+    else:
+        paths = [f"/streams/{prefix}?data.u=eq.{k}" for k in range(users)]
+    async with database(args) as setup, server(setup, "--heartbeat", str(args.heartbeat),
+                                            profile=args.profile) as srv:
+        opened = time.monotonic()
+        # 100 at a time, below the server's listen backlog (128): 200 overflow it at times,
+        # and a dropped SYN is retried after 1 s.
+        connections = await connect_many(srv.port, paths, parse_every=1, concurrency=100)
+        open_seconds = time.monotonic() - opened
+        load0, cpu0, mine0 = load_average(), srv.cpu_seconds(), own_cpu()
+        start = time.monotonic()
+        published, pub_seconds = await publish_elsewhere(
+            setup.dsn, prefix, args.rate, args.seconds, batch=args.batch, users=users,
+            per_user=by_stream, per_tx=args.per_tx)
+        end = time.monotonic()
+        await wait_for(connections, published, args.drain)
+        received = sum(c.events for c in connections)
+        last = max((c.last_rx for c in connections), default=start)
+        elapsed = pub_seconds + max(0.0, last - end)
+        cpu = srv.cpu_seconds() - cpu0
+        mine = own_cpu() - mine0
+        lost = sum(1 for c in connections if c.done.done())
+        lat = latencies(connections)
+        misdelivered = duplicated = 0
+        for k, connection in enumerate(connections):
+            seqs = connection.received.seqs if connection.received else []
+            misdelivered += sum(1 for seq in seqs if seq % users != k)
+            duplicated += len(seqs) - len(set(seqs))
+        for connection in connections:
+            connection.close()
+        peak = round(srv.memory_kib("VmHWM") / 1024, 1)
+    result = {
+        "mode": args.mode, "subscribers": users, "rate": args.rate or "max",
+        "per_tx": args.per_tx,
+        "seconds": args.seconds, "published": published,
+        "events_per_s": round(published / pub_seconds),
+        "achieved_deliveries_per_s": round(received / elapsed) if elapsed else 0,
+        "delivered_pct": round(100 * received / published, 3) if published else 100.0,
+        "misdelivered": misdelivered, "duplicated": duplicated,
+        "latency_ms": {"p50": ms(percentile(lat, .5)), "p99": ms(percentile(lat, .99)),
+                       "max": ms(max(lat, default=float("nan"))), "samples": len(lat)},
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_us_per_delivery": round(cpu * 1e6 / received, 1) if received else None,
+        "server_peak_rss_mib": peak, "open_seconds": round(open_seconds, 2),
+        "loadgen_cpu_s": round(mine, 2), "streams_closed_early": lost, "load_average": load0,
+    }
+    how = (f"a stream per user ({prefix}.uK)" if by_stream
+           else f"one stream, ?data.u=eq.K each ({prefix})")
+    rows = [("mode", f"{args.mode}: {how}"), ("subscribers (users)", users),
+            ("rate (events/s)", result["rate"]),
+            ("published / achieved events/s", f"{published} / {result['events_per_s']}"),
+            ("delivered", f"{received} of {published}: {result['delivered_pct']} %"),
+            ("misdelivered / duplicated", f"{misdelivered} / {duplicated}"),
+            ("latency p50 / p99 / max (ms)", "{p50} / {p99} / {max} ({samples} samples)"
+             .format(**result["latency_ms"])),
+            ("server CPU s (us/delivery)",
+             f"{result['server_cpu_s']} ({result['server_cpu_us_per_delivery']})"),
+            ("server peak RSS (MiB)", peak),
+            ("time to open all (s)", result["open_seconds"]),
+            ("streams closed early", lost),
+            ("load generator CPU s", result["loadgen_cpu_s"]),
+            ("load average at start", load0)]
+    report("peruser", rows, result)
+    return result
+
+
 async def idle(args: argparse.Namespace) -> dict[str, Any]:
     stream = "idle" + uuid.uuid4().hex[:8]
     heartbeat = args.heartbeat
@@ -465,6 +634,69 @@ async def replay(args: argparse.Namespace) -> dict[str, Any]:
             (f"{args.clients} clients: server CPU s", result["many_server_cpu_s"]),
             ("load average at start", load0)]
     report("replay", rows, result)
+    return result
+
+
+async def page(args: argparse.Namespace) -> dict[str, Any]:
+    """One client reads --rows events in JSON pages of --limit rows, --passes times."""
+    stream = "pages" + uuid.uuid4().hex[:8]
+    extra = "&" + args.query.lstrip("&?") if args.query else ""
+    async with database(args) as setup:
+        loaded = await load_rows(setup.dsn, stream, args.rows)
+        async with server(setup, profile=args.profile) as srv:
+            base = f"http://127.0.0.1:{srv.port}/streams/{stream}/events?limit={args.limit}{extra}"
+            times: list[float] = []
+            sizes: list[int] = []
+            events = passes = 0
+            limit = aiohttp.ClientTimeout(total=args.timeout)
+            load0, cpu0 = load_average(), srv.cpu_seconds()
+            start = time.monotonic()
+            async with aiohttp.ClientSession(timeout=limit) as session:
+                for _ in range(args.passes):
+                    after = "0"
+                    while True:
+                        began = time.monotonic()
+                        async with session.get(f"{base}&after={after}") as response:
+                            body = await response.read()
+                            took = time.monotonic() - began
+                            if response.status != 200:
+                                raise RuntimeError(f"page after={after}: {response.status} "
+                                                   f"{body[:200]!r}")
+                        times.append(took)
+                        sizes.append(len(body))
+                        answer = orjson.loads(body)
+                        events += len(answer["events"])
+                        after = answer["next_after"]
+                        if not answer["has_more"]:
+                            break
+                    passes += 1
+            seconds = time.monotonic() - start
+            cpu = srv.cpu_seconds() - cpu0
+    pages = len(times)
+    result = {
+        "rows": args.rows, "limit": args.limit, "query": args.query, "passes": passes,
+        "load_seconds": round(loaded, 1), "pages": pages, "events": events,
+        "page_ms": {"p50": ms(percentile(times, .5)), "p99": ms(percentile(times, .99)),
+                    "max": ms(max(times, default=float("nan")))},
+        "page_bytes": round(sum(sizes) / pages) if pages else 0,
+        "events_per_s": round(events / sum(times)) if times else 0,
+        "total_seconds": round(seconds, 2),
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_us_per_page": round(cpu * 1e6 / pages) if pages else None,
+        "server_cpu_us_per_event": round(cpu * 1e6 / events, 2) if events else None,
+        "load_average": load0,
+    }
+    rows = [("rows / limit / passes", f"{args.rows} / {args.limit} / {passes}"),
+            ("query", args.query or "(none)"),
+            ("pages / events", f"{pages} / {events}"),
+            ("page p50 / p99 / max (ms)", "{p50} / {p99} / {max}".format(**result["page_ms"])),
+            ("bytes per page", result["page_bytes"]),
+            ("events/s (within requests)", result["events_per_s"]),
+            ("server CPU s (us/page, us/event)",
+             f"{result['server_cpu_s']} ({result['server_cpu_us_per_page']}, "
+             f"{result['server_cpu_us_per_event']})"),
+            ("load average at start", load0)]
+    report("page", rows, result)
     return result
 
 
@@ -922,6 +1154,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--heartbeat", type=float, default=15.0, help="server --heartbeat")
         sub.add_argument("--drain", type=float, default=10.0,
                          help="seconds to wait for deliveries after publishing stops")
+        sub.add_argument("--server-python", metavar="PATH",
+                         help=f"interpreter that runs the server and its migration (env "
+                              f"{SERVER_PYTHON_ENV}; default: this one)")
+        sub.add_argument("--server-src", metavar="DIR",
+                         help=f"source tree of the server (env {SERVER_SRC_ENV}; default: this "
+                              f"checkout)")
         return sub
 
     sub = common("fanout", "S subscribers on one stream, R events/s")
@@ -935,6 +1173,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--rate", "-r", type=float, default=1000)
     sub.add_argument("--seconds", "-t", type=float, default=10)
     sub.add_argument("--batch", type=int, default=100)
+    sub = common("peruser", "S subscribers, one user each; each event for exactly one user")
+    sub.add_argument("--mode", choices=("filter", "stream"), default="filter",
+                     help="filter: one stream, ?data.u=eq.K each; stream: a stream per user")
+    sub.add_argument("--subscribers", "-s", type=int, default=1000, help="subscribers = users")
+    sub.add_argument("--rate", "-r", type=float, default=500, help="events/s, 0 = max")
+    sub.add_argument("--seconds", "-t", type=float, default=10)
+    sub.add_argument("--batch", type=int, default=100, help="events per transaction at max rate")
+    sub.add_argument("--per-tx", type=int, default=1,
+                     help="events per transaction (1: a wake-up per event, the costly case; "
+                          "0: the fanout plan, 100 transactions/s above 100 events/s)")
     sub = common("idle", "C idle streams held for a while")
     sub.add_argument("--streams", "-c", type=int, default=1000)
     sub.add_argument("--seconds", "-t", type=float, default=60)
@@ -944,6 +1192,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--clients", type=int, default=100)
     sub.add_argument("--each", type=int, default=10_000)
     sub.add_argument("--timeout", type=float, default=300)
+    sub = common("page", "one client reads a stream in JSON pages of 1,000 rows")
+    sub.add_argument("--rows", "-n", type=int, default=100_000, help="events in the stream")
+    sub.add_argument("--limit", type=int, default=1000, help="rows per page")
+    sub.add_argument("--passes", type=int, default=3, help="times the whole stream is read")
+    sub.add_argument("--query", default="",
+                     help='extra query parameters, e.g. "data.user_id=eq.7"')
+    sub.add_argument("--timeout", type=float, default=60, help="seconds one page may take")
     sub = common("churn", "clients reconnecting with Last-Event-ID while events flow")
     sub.add_argument("--connects", type=float, default=200, help="connects per second")
     sub.add_argument("--hold", type=float, default=0.5, help="mean seconds per connection")
@@ -965,8 +1220,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SCENARIOS = {"fanout": fanout, "idle": idle, "replay": replay, "churn": churn,
-             "hostile": hostile}
+SCENARIOS = {"fanout": fanout, "peruser": peruser, "idle": idle, "replay": replay,
+             "page": page, "churn": churn, "hostile": hostile}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
