@@ -231,10 +231,6 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     if hub.closing:
         return problem(503, "the server is shutting down", headers={"Retry-After": "1"})
-    if start is not None:
-        # A replay reads through the bounded read capacity, page by page;
-        # while its queue is full, new replays are refused before they start.
-        request.app[STORE].reads_capacity.admit()
 
     address = client_address(request)
     client = str(address) if address is not None else (request.remote or "")

@@ -47,10 +47,12 @@ class StoreLimits:
 
     The live read has a connection of its own; publishing and heavy reads
     (catch-ups, pages) each have a pool of their own, so that no amount of
-    one kind can take the connections of another. A request waits at most
-    `wait` seconds for a connection of its kind, then is refused (503); a
-    stream that must replay is refused up front while `queue` per connection
-    are already waiting. Every statement ends within `statement_timeout`
+    one kind can take the connections of another. A page or publish waits
+    at most `wait` seconds for a connection of its kind, then is refused
+    (503); a replaying stream waits its turn page by page, holding no
+    connection while it waits (a reconnect storm is served in turn, not
+    refused: EventSource does not retry after a 503). Every statement ends
+    within `statement_timeout`
     seconds; a page or catch-up read examines at most `scan_rows` rows of its
     streams and returns about `page_bytes` of data at most.
     """
@@ -58,7 +60,6 @@ class StoreLimits:
     read_connections: int = 4
     publish_connections: int = 2
     wait: float = 2.0
-    queue: int = 8
     statement_timeout: float = 10.0
     scan_rows: int = 10_000
     page_bytes: int = 1 << 20
@@ -117,21 +118,13 @@ class Capacity:
     """At most `size` statements of one kind at once, FIFO; a caller waits at
     most `wait` seconds for its turn, then is refused with Overloaded."""
 
-    def __init__(self, name: str, size: int, wait: float, queue: int) -> None:
+    def __init__(self, name: str, size: int, wait: float) -> None:
         self.name = name
         self.size = size
         self.wait = wait
-        self.queue = queue * size
         self.waiting = 0
         self.refused = 0
         self._slots = asyncio.Semaphore(size)
-
-    def admit(self) -> None:
-        """Refuse new long work up front while the queue is full."""
-        if self.waiting >= self.queue:
-            self.refused += 1
-            raise Overloaded(f"{self.waiting} requests wait for the server's {self.name} "
-                             "capacity; retry shortly", retry_after=max(1, round(self.wait)))
 
     @asynccontextmanager
     async def slot(self, wait: float | None = None) -> AsyncIterator[None]:
@@ -211,9 +204,8 @@ class EventStore:
         self.dsn = dsn
         self.replica_dsn = replica_dsn
         self.limits = limits
-        self.reads_capacity = Capacity("read", limits.read_connections, limits.wait, limits.queue)
-        self.publish_capacity = Capacity("publish", limits.publish_connections, limits.wait,
-                                         limits.queue)
+        self.reads_capacity = Capacity("read", limits.read_connections, limits.wait)
+        self.publish_capacity = Capacity("publish", limits.publish_connections, limits.wait)
         self._reads: asyncpg.Pool | None = None
         self._writes: asyncpg.Pool | None = None
         self._background: asyncpg.Pool | None = None

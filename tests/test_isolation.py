@@ -591,3 +591,21 @@ def test_subject_tree_matches_as_the_patterns_do(texts: list[str], names: list[s
     for text in set(stored) - removed:
         tree.remove(stored[text], text)
     assert tree.size == 0 and tree.match(names[0]) == set()
+
+
+async def test_a_reconnect_storm_of_replays_is_served_in_turn(start_server: StartServer,
+                                                              db: asyncpg.Connection,
+                                                              stream: str) -> None:
+    """EventSource does not retry after a 503: replays that outnumber the read
+    connections wait their turn instead of being refused."""
+    ids = await _insert_numbers(db, stream, 300)
+    server = await start_server(pool_size=1, replay_page_size=50, capacity_wait=0.1)
+    url = str(server.make_url(f"/streams/{stream}?last_event_id=0&live=false"))
+    async with aiohttp.ClientSession() as session:
+
+        async def replay() -> list[int]:
+            async with open_stream(url, session=session) as sse:
+                return [envelope(m)["id"] for m in await sse.rest(timeout=30) if m.data]
+
+        results = await asyncio.gather(*(replay() for _ in range(40)))
+    assert all(result == ids for result in results)
