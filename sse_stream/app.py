@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -76,6 +77,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         retention.start()
     pruning = asyncio.create_task(_prune_idempotency_keys(store, settings.idempotency_ttl),
                                   name="sse-stream idempotency keys")
+    # The JWKS (--jwks-url): fetched now and kept fresh by a task of its own.
+    verifier = app[ACCESS].verifier
+    keys = verifier.keys if verifier is not None else None
+    if keys is not None:
+        await keys.start()
     try:
         yield
     finally:
@@ -87,6 +93,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         steps = [stop_pruning, listener.stop, hub.stop, store.close]
         if retention is not None:
             steps.insert(1, retention.stop)
+        if keys is not None:
+            steps.insert(1, keys.stop)
         for step in steps:
             # Each step is bounded: a task that does not end on cancellation
             # (a driver call stuck on a dead socket) must not hang shutdown.

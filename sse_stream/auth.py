@@ -1,12 +1,17 @@
 """Tokens, claims and the containment rule that authorizes a request.
 
-Pure code apart from reading the public key file once at start. A token is a
-JWT whose algorithm is fixed by the configuration, never by the token: with a
-shared secret only HS256 is accepted, with a public key only the configured
-RS256 or ES256. A token naming another algorithm (`none`, or HS256 signed
-with the public key as the secret) fails verification.
+Pure code apart from reading the public key file once at start and the key
+set of `--jwks-url` (sse_stream/jwks.py). A token is a JWT whose algorithm
+is fixed by the configuration, never by the token: with a shared secret only
+HS256 is accepted, with a public key only the configured RS256 or ES256, with
+a JWKS only RS256/ES256 and the algorithm of the key its `kid` names. A token
+naming another algorithm (`none`, or HS256 signed with the public key as the
+secret) fails verification.
 
-Claim: ``{"sse_stream": {"subscribe": [patterns], "publish": [patterns]}}``.
+Claim: ``{"sse_stream": {"subscribe": [grants], "publish": [patterns],
+"where": [filters]}}``. A subscribe grant is a pattern, or
+``{"pattern": P, "where": [filters]}`` binding data filters to it; the
+token-wide `where` binds filters to every grant (see `Grant.filters_for`).
 A request is allowed when every stream pattern it asks for is contained in
 some pattern the token grants (see `allows`). `exp` is required unless the
 configuration allows non-expiring tokens; a configured audience and issuer
@@ -29,6 +34,8 @@ from typing import Any
 import jwt
 
 from .errors import InvalidInput
+from .filters import MAX_FILTERS, AnyOf, Condition, parse_data_filters
+from .jwks import KeySet
 from .patterns import StreamPattern, parse_pattern
 from .settings import Settings
 
@@ -45,37 +52,107 @@ class Unauthorized(InvalidInput):
         super().__init__(param, detail, status=401, headers={"WWW-Authenticate": "Bearer"})
 
 
+Terms = tuple[Condition | AnyOf, ...]  # data filters, ANDed (filters.DataFilter.terms)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One subscribe grant: a pattern and the data filters bound to it, the
+    token-wide ones first (empty: unfiltered)."""
+
+    pattern: StreamPattern
+    where: Terms = ()
+
+
 @dataclass(frozen=True)
 class Grant:
     """What a verified token allows, and until when (`exp`, seconds since the epoch)."""
 
-    subscribe: tuple[StreamPattern, ...]
+    subscribe: tuple[Scope, ...]
     publish: tuple[StreamPattern, ...]
     expires_at: float | None = None
     subject: str | None = None
 
+    def filters_for(self, requested: Sequence[StreamPattern],
+                    anonymous: Sequence[StreamPattern] = (), param: str = "streams") -> Terms:
+        """The data filters that bind a subscription to `requested` (empty: none).
+
+        Each requested pattern must be contained in a grant: a scope of the
+        token (its filters) or an anonymous pattern (no filters: anyone may
+        read it without a token). A subscription has one set of filters, and
+        the filters of a pattern's grant must hold for every event of that
+        pattern; so the patterns of one request must be covered by grants
+        with the same filters. Where they are not (`orders.*` bound to
+        `data.customer_id=eq.42`, `news` unfiltered) the request is refused
+        with a 403 that asks for separate streams: filtering `news` with the
+        customer's filter would silently empty it. Among the filters every
+        pattern shares, none at all wins (it grants the most), else the first
+        grant in the claim's order.
+        """
+        common: list[Terms] | None = None
+        for index, pattern in enumerate(requested):
+            candidates = [scope.where for scope in self.subscribe
+                          if scope.pattern.contains(pattern)]
+            if any(granted.contains(pattern) for granted in anonymous):
+                candidates.insert(0, ())
+            if not candidates:
+                raise InvalidInput(param, f"the token does not allow to subscribe "
+                                   f"{pattern.text!r}", status=403)
+            common = candidates if common is None else [c for c in common if c in candidates]
+            if not common:
+                before = ", ".join(repr(p.text) for p in requested[:index])
+                raise InvalidInput(param, f"the token grants {pattern.text!r} with other data "
+                                   f"filters (where) than {before}; open a separate stream "
+                                   "for each", status=403)
+        if not common:
+            return ()
+        return () if () in common else common[0]
+
 
 @dataclass(frozen=True)
 class TokenVerifier:
-    algorithm: str
-    key: Any  # the secret (str) or the public key object
+    """Checks tokens: signed with `key` by one of `algorithms`, or, with a
+    key set (JWKS), by the key its `kid` names (and that key's algorithm)."""
+
+    algorithms: tuple[str, ...]
+    key: Any = None  # the secret (str) or the public key object; None with `keys`
     leeway: float = 10.0
     require_exp: bool = True
     audience: str | None = None
     issuer: str | None = None
+    keys: KeySet | None = None
 
-    def verify(self, token: str, param: str = "Authorization") -> Grant:
-        """The grant of a valid token; raises Unauthorized naming `param`."""
+    async def verify(self, token: str, param: str = "Authorization") -> Grant:
+        """The grant of a valid token; raises Unauthorized naming `param`.
+
+        With a key set, a `kid` the set does not hold may wait for one
+        rate-limited, bounded refresh of it (KeySet.find).
+        """
         # A JWT is base64url segments and dots. Header bytes that are not
         # UTF-8 reach us as surrogate escapes, which PyJWT's own str-to-bytes
         # step cannot encode: refuse anything that is not ASCII first.
         if not token.isascii():
             raise Unauthorized(param, "the token is not valid: a JWT is ASCII only")
+        if self.keys is None:
+            return self.decode(token, self.key, self.algorithms, param)
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except Exception:
+            raise Unauthorized(param, "the token is not valid (format)") from None
+        if kid is not None and not isinstance(kid, str):
+            raise Unauthorized(param, "the token is not valid: its kid is not a string")
+        found = await self.keys.find(kid)
+        if found is None:
+            raise Unauthorized(param, self.keys.missing(kid))
+        return self.decode(token, found.key, (found.algorithm_name,), param)
+
+    def decode(self, token: str, key: Any, algorithms: Sequence[str], param: str) -> Grant:
+        """Verify `token` with `key`, accepting only `algorithms`."""
         required = [name for name, needed in (("exp", self.require_exp),
                                               ("aud", self.audience is not None),
                                               ("iss", self.issuer is not None)) if needed]
         try:
-            claims = jwt.decode(token, self.key, algorithms=[self.algorithm],
+            claims = jwt.decode(token, key, algorithms=list(algorithms),
                                 leeway=self.leeway, audience=self.audience, issuer=self.issuer,
                                 options={"require": required})
         except jwt.MissingRequiredClaimError as error:
@@ -86,7 +163,8 @@ class TokenVerifier:
         except jwt.ImmatureSignatureError:
             raise Unauthorized(param, "the token is not valid yet (nbf)") from None
         except jwt.InvalidAlgorithmError:
-            raise Unauthorized(param, f"the token must be signed with {self.algorithm}") from None
+            raise Unauthorized(param, "the token must be signed with "
+                               f"{' or '.join(algorithms)}") from None
         except jwt.InvalidAudienceError:
             raise Unauthorized(param, "the token is not for this server (aud)") from None
         except jwt.InvalidIssuerError:
@@ -106,14 +184,45 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
     if not isinstance(section, dict):
         raise Unauthorized(param, f"the {CLAIM!r} claim must be an object")
 
-    def patterns(name: str) -> tuple[StreamPattern, ...]:
-        values = section.get(name, [])
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise Unauthorized(param, f"{CLAIM}.{name} must be a list of stream patterns")
+    def pattern(value: Any, name: str) -> StreamPattern:
         try:
-            return tuple(parse_pattern(v, param) for v in values)
+            return parse_pattern(value, param)
         except InvalidInput:
-            raise Unauthorized(param, f"{CLAIM}.{name} holds an invalid stream pattern") from None
+            raise Unauthorized(param, f"{name} holds an invalid stream pattern") from None
+
+    def where(values: Any, name: str) -> Terms:
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise Unauthorized(param, f"{name} must be a list of data filters such as "
+                               "'data.customer_id=eq.42'")
+        try:
+            return parse_where(values, name)
+        except InvalidInput as error:
+            raise Unauthorized(param, error.detail) from None
+
+    publish = section.get("publish", [])
+    if not isinstance(publish, list) or not all(isinstance(v, str) for v in publish):
+        raise Unauthorized(param, f"{CLAIM}.publish must be a list of stream patterns")
+    everywhere = where(section.get("where", []), f"{CLAIM}.where")
+    subscribe = section.get("subscribe", [])
+    if not isinstance(subscribe, list):
+        raise Unauthorized(param, f"{CLAIM}.subscribe must be a list of stream patterns "
+                           "and {\"pattern\", \"where\"} objects")
+    scopes = []
+    for index, item in enumerate(subscribe):
+        name = f"{CLAIM}.subscribe[{index}]"
+        if isinstance(item, str):
+            scopes.append(Scope(pattern(item, name), everywhere))
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("pattern"), str) \
+                or set(item) - {"pattern", "where"}:
+            # An unknown field (a misspelt "where") must not grant the pattern unfiltered.
+            raise Unauthorized(param, f"{name} must be a stream pattern or an object with "
+                               "only \"pattern\" and \"where\"")
+        terms = (*everywhere, *where(item.get("where", []), f"{name}.where"))
+        if _count(terms) > MAX_FILTERS:
+            raise Unauthorized(param, f"{name}.where and {CLAIM}.where hold more than "
+                               f"{MAX_FILTERS} data filters together")
+        scopes.append(Scope(pattern(item["pattern"], name), terms))
 
     exp = claims.get("exp")
     try:
@@ -121,8 +230,31 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
     except OverflowError:  # an integer beyond any float: no end in sight
         expires_at = None
     subject = claims.get("sub")
-    return Grant(patterns("subscribe"), patterns("publish"), expires_at,
-                 subject if isinstance(subject, str) else None)
+    return Grant(tuple(scopes), tuple(pattern(v, f"{CLAIM}.publish") for v in publish),
+                 expires_at, subject if isinstance(subject, str) else None)
+
+
+def parse_where(texts: Sequence[str], name: str) -> Terms:
+    """A `where` list: data filters in the query syntax, `data.<path>=<op>.<value>`
+    or `or=(...)`, each split at its first `=`, at most MAX_FILTERS (each member
+    of an or= counting). Raises InvalidInput naming `name`."""
+    pairs = []
+    for text in texts:
+        key, equals, value = text.partition("=")
+        if not equals or not (key == "or" or key.startswith("data.")):
+            raise InvalidInput(name, f"{name}: {text[:60]!r} is not a data filter "
+                               "(data.<path>=<op>.<value> or or=(...))")
+        pairs.append((key, value))
+    try:
+        parsed = parse_data_filters(pairs)
+    except InvalidInput as error:
+        # repr: the text comes from a token, and may hold what JSON cannot (surrogates).
+        raise InvalidInput(name, f"{name}: {error.param[:60]!r}: {error.detail}") from None
+    return parsed.terms if parsed is not None else ()
+
+
+def _count(terms: Terms) -> int:
+    return sum(len(t.conditions) if isinstance(t, AnyOf) else 1 for t in terms)
 
 
 def allows(granted: Iterable[StreamPattern], requested: Iterable[StreamPattern]) -> bool:
@@ -137,21 +269,25 @@ def allows(granted: Iterable[StreamPattern], requested: Iterable[StreamPattern])
 
 def verifier_from_settings(settings: Settings) -> TokenVerifier | None:
     """The configured verifier, or None (protected mode). Raises ValueError on bad config."""
-    if settings.jwt_secret and settings.jwt_public_key:
-        raise ValueError("configure either jwt_secret (HS256) or jwt_public_key "
-                         "(RS256/ES256), not both")
+    configured = [name for name in ("jwt_secret", "jwt_public_key", "jwks_url")
+                  if getattr(settings, name)]
+    if len(configured) > 1:
+        raise ValueError(f"configure one of jwt_secret (HS256), jwt_public_key or jwks_url "
+                         f"(RS256/ES256), not {' and '.join(configured)}")
 
-    def verifier(algorithm: str, key: Any) -> TokenVerifier:
-        return TokenVerifier(algorithm, key, settings.jwt_leeway,
+    def verifier(algorithms: tuple[str, ...], key: Any = None,
+                 keys: KeySet | None = None) -> TokenVerifier:
+        return TokenVerifier(algorithms, key, settings.jwt_leeway,
                              require_exp=not settings.allow_non_expiring_tokens,
-                             audience=settings.jwt_audience, issuer=settings.jwt_issuer)
+                             audience=settings.jwt_audience, issuer=settings.jwt_issuer,
+                             keys=keys)
 
     if settings.jwt_secret:
         algorithm = settings.jwt_algorithm or "HS256"
         if algorithm != "HS256":
             raise ValueError(f"jwt_algorithm {algorithm!r} does not go with jwt_secret: use HS256")
         check_secret(settings.jwt_secret)
-        return verifier("HS256", settings.jwt_secret)
+        return verifier(("HS256",), settings.jwt_secret)
     if settings.jwt_public_key:
         algorithm = settings.jwt_algorithm or "RS256"
         if algorithm not in ASYMMETRIC:
@@ -161,7 +297,16 @@ def verifier_from_settings(settings: Settings) -> TokenVerifier | None:
         # A parsed key object, not the PEM text: PyJWT then refuses to use it
         # as an HMAC secret even if the algorithm list were ever widened.
         key = jwt.algorithms.get_default_algorithms()[algorithm].prepare_key(pem)
-        return verifier(algorithm, key)
+        return verifier((algorithm,), key)
+    if settings.jwks_url:
+        if settings.jwt_algorithm and settings.jwt_algorithm not in ASYMMETRIC:
+            raise ValueError(f"jwt_algorithm {settings.jwt_algorithm!r} does not go with "
+                             f"jwks_url: use one of {', '.join(ASYMMETRIC)} (or leave it unset "
+                             "for both)")
+        algorithms = (settings.jwt_algorithm,) if settings.jwt_algorithm else ASYMMETRIC
+        keys = KeySet(settings.jwks_url, algorithms, refresh=settings.jwks_refresh,
+                      min_refresh=settings.jwks_min_refresh)
+        return verifier(algorithms, keys=keys)
     return None
 
 
@@ -209,13 +354,17 @@ def parse_duration(text: str) -> float:
 
 def mint(secret: str, subscribe: Sequence[str], publish: Sequence[str], ttl: float,
          subject: str | None = None, now: float | None = None, audience: str | None = None,
-         issuer: str | None = None) -> str:
-    """An HS256 token granting `subscribe` and `publish` patterns for `ttl` seconds."""
+         issuer: str | None = None, where: Sequence[str] = ()) -> str:
+    """An HS256 token granting `subscribe` and `publish` patterns for `ttl` seconds,
+    its reading bound to the data filters `where` (token-wide)."""
     for text in (*subscribe, *publish):
         parse_pattern(text, "pattern")
+    parse_where(where, "where")
     issued = int(time.time() if now is None else now)
-    claims: dict[str, Any] = {"iat": issued, "exp": issued + int(ttl),
-                              CLAIM: {"subscribe": list(subscribe), "publish": list(publish)}}
+    section: dict[str, Any] = {"subscribe": list(subscribe), "publish": list(publish)}
+    if where:
+        section["where"] = list(where)
+    claims: dict[str, Any] = {"iat": issued, "exp": issued + int(ttl), CLAIM: section}
     for name, value in (("sub", subject), ("aud", audience), ("iss", issuer)):
         if value is not None:
             claims[name] = value
@@ -265,7 +414,10 @@ class AccessPolicy:
             mode = ("PROTECTED MODE: no token key configured, only loopback clients may "
                     "subscribe or publish")
         else:
-            mode = f"tokens required ({self.verifier.algorithm}) to subscribe or publish"
+            signed = "/".join(self.verifier.algorithms)
+            if self.verifier.keys is not None:
+                signed += f", keys from {self.verifier.keys.url}"
+            mode = f"tokens required ({signed}) to subscribe or publish"
         if self.anonymous:
             mode += "; anyone may subscribe without a token to " + ", ".join(
                 p.text for p in self.anonymous)

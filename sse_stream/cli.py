@@ -298,7 +298,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         # The server's own audience and issuer settings are the defaults.
         token = mint(settings.jwt_secret, patterns(args.subscribe), patterns(args.publish), ttl,
                      subject=args.sub, audience=args.aud or settings.jwt_audience,
-                     issuer=args.iss or settings.jwt_issuer)
+                     issuer=args.iss or settings.jwt_issuer, where=args.where)
     except ValueError as error:
         print(f"sse-stream token: --ttl: {error}", file=sys.stderr)
         return 2
@@ -365,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stream pattern the token may read (repeatable or comma list)")
     token.add_argument("--publish", action="append", default=[], metavar="PATTERN",
                        help="stream pattern the token may publish to (repeatable or comma list)")
+    token.add_argument("--where", action="append", default=[], metavar="FILTER",
+                       help="data filter every stream, replay and page of the token is bound "
+                            "to, as in a query: data.customer_id=eq.42 or or=(...) (repeatable, "
+                            "ANDed)")
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 30d (default 1h)")
     token.add_argument("--sub", default=None, help="subject claim (e.g. the user id)")
     token.add_argument("--aud", default=None,

@@ -88,10 +88,11 @@ FORMATS = ("envelope", "cloudevents")
 
 
 def problem(status: int, detail: str, param: str | None = None,
-            headers: dict[str, str] | None = None) -> web.Response:
-    """An RFC 9457 problem document."""
-    body: dict[str, Any] = {"type": "about:blank", "title": _title(status),
-                            "status": status, "detail": detail}
+            headers: dict[str, str] | None = None,
+            extensions: dict[str, Any] | None = None) -> web.Response:
+    """An RFC 9457 problem document (with extension members, if any)."""
+    body: dict[str, Any] = {**(extensions or {}), "type": "about:blank",
+                            "title": _title(status), "status": status, "detail": detail}
     if param is not None:
         body["param"] = param
     return web.Response(status=status, body=orjson.dumps(body), headers=headers,
@@ -152,8 +153,8 @@ def _check_loopback(request: web.Request) -> None:
                                        request.headers.getall("Forwarded", []))
 
 
-def authorize(request: web.Request, action: Literal["subscribe", "publish"],
-              patterns: tuple[StreamPattern, ...], param: str) -> Grant | None:
+async def authorize(request: web.Request, action: Literal["subscribe", "publish"],
+                    patterns: tuple[StreamPattern, ...], param: str) -> Grant | None:
     """Check that the request may `action` every one of `patterns`.
 
     Returns the token's grant (its expiry ends a stream), or None when no
@@ -178,8 +179,9 @@ def authorize(request: web.Request, action: Literal["subscribe", "publish"],
         # alone must never be enough to write events.
         raise Unauthorized(where, "a token from the cookie does not authorize publishing: "
                            "send it as 'Authorization: Bearer <token>'")
-    grant = policy.verifier.verify(token, where)
-    granted = grant.subscribe if action == "subscribe" else grant.publish
+    grant = await policy.verifier.verify(token, where)
+    granted = tuple(s.pattern for s in grant.subscribe) if action == "subscribe" \
+        else grant.publish
     if not allows((*granted, *anonymous), patterns):
         refused = next(p.text for p in patterns if not allows((*granted, *anonymous), [p]))
         raise InvalidInput(param, f"the token does not allow to {action} {refused!r}",
@@ -198,6 +200,22 @@ def parse_selector(request: web.Request) -> Selector:
     types = parse_type_filter(request.query.getall("type", []))
     data = parse_data_filters(list(request.query.items()))
     return Selector(patterns, types, data)
+
+
+async def authorized_selector(request: web.Request) -> tuple[Selector, Grant | None]:
+    """The request's selector, bound to the data filters its token grants with
+    (`where`), and the token's grant (None: no token was needed).
+
+    The token's filters are ANDed with the request's own in the selector, so
+    live matching, replay, `live=false` and pages all apply them, and no
+    request parameter can widen them.
+    """
+    selector = parse_selector(request)
+    grant = await authorize(request, "subscribe", selector.patterns, "streams")
+    if grant is not None:
+        selector = selector.bound(grant.filters_for(selector.patterns,
+                                                    request.app[ACCESS].anonymous, "streams"))
+    return selector, grant
 
 
 def _start_position(request: web.Request) -> Position | None:
@@ -220,8 +238,7 @@ def _cloudevents(request: web.Request) -> bool:
 async def subscribe(request: web.Request) -> web.StreamResponse:
     """GET /streams/{streams}: the SSE stream."""
     _check_params(request, _SUBSCRIBE_PARAMS)
-    selector = parse_selector(request)
-    grant = authorize(request, "subscribe", selector.patterns, "streams")
+    selector, grant = await authorized_selector(request)
     start = _start_position(request)
     cloudevents = _cloudevents(request)
     live = request.query.get("live", "true")
@@ -268,8 +285,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
 async def read_page(request: web.Request) -> web.Response:
     """GET /streams/{streams}/events: one JSON page of events."""
     _check_params(request, _PAGE_PARAMS)
-    selector = parse_selector(request)
-    authorize(request, "subscribe", selector.patterns, "streams")
+    selector, _ = await authorized_selector(request)
     after = parse_position(request.query.get("after", "0"), "after")
     cloudevents = _cloudevents(request)
     try:
@@ -319,7 +335,7 @@ async def publish(request: web.Request) -> web.Response:
     another subject's key is another key, which it can neither claim nor probe.
     """
     stream = validate_stream_name(request.match_info["stream"], "stream")
-    grant = authorize(request, "publish", (parse_pattern(stream, "stream"),), "stream")
+    grant = await authorize(request, "publish", (parse_pattern(stream, "stream"),), "stream")
     _check_json(request)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
@@ -380,12 +396,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready: the database answered, the listener is connected and, with a JWKS,
+    its keys were fetched at least once. A JWKS that cannot be fetched any more
+    leaves the last keys in force: still ready, with `"jwks": {"stale": true,
+    "failing_since": ...}` saying so."""
     hub, listener = request.app[HUB], request.app[LISTENER]
-    if hub.ready and listener.connected:
-        return web.json_response({"status": "ready"})
+    verifier = request.app[ACCESS].verifier
+    keys = verifier.keys if verifier is not None else None
+    extra = {"jwks": keys.status()} if keys is not None else {}
+    if hub.ready and listener.connected and (keys is None or keys.ready):
+        return web.json_response({"status": "ready", **extra})
     reasons = []
     if not hub.ready:
         reasons.append("database unreachable")
     if not listener.connected:
         reasons.append("listener not connected")
-    return problem(503, ", ".join(reasons), headers={"Retry-After": "2"})
+    if keys is not None and not keys.ready:
+        reasons.append("JWKS not fetched yet")
+    return problem(503, ", ".join(reasons), headers={"Retry-After": "2"}, extensions=extra)

@@ -95,7 +95,19 @@ class Settings:
                                        metadata={"help": "PEM file of the RS256/ES256 public key"})
     jwt_algorithm: str | None = field(default=None,
                                       metadata={"help": "token algorithm: HS256 with a secret, "
-                                                        "RS256 (default) or ES256 with a key"})
+                                                        "RS256 (default) or ES256 with a key, "
+                                                        "RS256 or ES256 with a JWKS (default: "
+                                                        "both)"})
+    jwks_url: str | None = field(default=None,
+                                 metadata={"help": "URL of a JSON Web Key Set: RS256/ES256 "
+                                                   "tokens are verified by the key their kid "
+                                                   "names (instead of a secret or key file)"})
+    jwks_refresh: float = field(default=300.0,
+                                metadata={"help": "seconds between fetches of the JWKS"})
+    jwks_min_refresh: float = field(default=30.0,
+                                    metadata={"help": "seconds at least between fetches of the "
+                                                      "JWKS that tokens with an unknown kid "
+                                                      "cause (and retries after a failure)"})
     jwt_leeway: float = field(default=10.0,
                               metadata={"help": "seconds of clock skew allowed on exp/nbf"})
     allow_non_expiring_tokens: bool = field(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .events import Event, Position
-from .filters import DataFilter
+from .filters import AnyOf, Condition, DataFilter
 from .patterns import StreamPattern, TypeFilter
 from .queries import SelectorSql
 from .response import Payload, SseResponse
@@ -39,6 +39,18 @@ class Selector:
 
     def matches(self, event: Event) -> bool:
         return self.matches_stream(event.stream) and self.accepts(event)
+
+    def bound(self, terms: tuple[Condition | AnyOf, ...]) -> Selector:
+        """This selector with a token's data filters ANDed to its own.
+
+        The token's come first: the live index (routing.Group) files a group
+        under its first `eq`/`in` condition, and a token's (one user's id) is
+        the selective one.
+        """
+        if not terms:
+            return self
+        own = self.data.terms if self.data is not None else ()
+        return replace(self, data=DataFilter((*terms, *own)))
 
     def to_sql(self, first_param: int = FIRST_SELECTOR_PARAM) -> SelectorSql:
         """Boolean SQL expressions over `ev` and their bind values."""
