@@ -140,6 +140,55 @@ async def _asyncapi(request: web.Request) -> web.Response:
               "protocol": request.scheme}
     body = orjson.dumps({**document, "servers": {"local": server}})
     return web.Response(body=body, content_type="application/json")
+# -- /client.js and /client.d.ts ----------------------------------------------------
+# Read once when the app is built and served with a strong ETag of their
+# content: a browser's revalidation after max-age costs a 304 and no body,
+# and an upgraded server serves a new ETag.
+
+ASSET_MAX_AGE = 3600  # seconds a browser or proxy may use its copy without asking
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One file's bytes and headers; `handle` is its aiohttp handler."""
+
+    body: bytes
+    content_type: str
+    etag: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def load(cls, name: str, content_type: str, **headers: str) -> Asset:
+        """The file `name` of sse_stream.static (read once: it ships with the package)."""
+        body = resources.files("sse_stream.static").joinpath(name).read_bytes()
+        return cls(body, content_type, f'"{hashlib.sha256(body).hexdigest()[:32]}"',
+                   tuple(headers.items()))
+
+    async def handle(self, request: web.Request) -> web.Response:
+        headers = {"ETag": self.etag, "Cache-Control": f"public, max-age={ASSET_MAX_AGE}",
+                   **dict(self.headers)}
+        if self._matches(request.headers.get("If-None-Match")):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=self.body, headers={**headers, "Content-Type": self.content_type})
+
+    def _matches(self, if_none_match: str | None) -> bool:
+        # RFC 9110 §13.1.2: a list of tags or "*", compared weakly (W/ ignored).
+        if not if_none_match:
+            return False
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or self.etag in tags
+
+
+def client_assets() -> dict[str, Asset]:
+    """The browser client module and its TypeScript declarations, by route."""
+    return {
+        # Deno and some bundlers find the types of a module by this header.
+        "/client.js": Asset.load("client.js", "text/javascript; charset=utf-8",
+                                 **{"X-TypeScript-Types": "/client.d.ts"}),
+        "/client.d.ts": Asset.load("client.d.ts", "application/typescript; charset=utf-8"),
+    }
+
+
 CORS_METHODS = ("GET", "POST")
 # What a browser frontend needs to send; nothing is exposed beyond the
 # CORS-safelisted response headers.
@@ -241,6 +290,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/asyncapi.json", _asyncapi)
+    for path, asset in client_assets().items():  # /client.js, /client.d.ts
+        app.router.add_get(path, asset.handle)
     app.router.add_get("/streams/{streams}", handlers.subscribe)
     app.router.add_get("/streams/{streams}/events", handlers.read_page)
     app.router.add_post("/streams/{stream}/events", handlers.publish)

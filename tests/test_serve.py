@@ -110,4 +110,6 @@ def test_wheel_ships_the_sql_files(tmp_path: Path) -> None:
     assert sql_files and {f"sse_stream/sql/{name}" for name in sql_files} <= names
     assert "sse_stream/static/index.html" in names
     assert "sse_stream/static/asyncapi.json" in names
+    assert "sse_stream/static/client.js" in names
+    assert "sse_stream/static/client.d.ts" in names
     assert "sse_stream/py.typed" in names
