@@ -135,10 +135,6 @@ class Subscription:
         self.expires_at = expires_at  # the token's exp (epoch seconds): the stream ends there
         self.expiry_warned = False
 
-    def frame(self, event: Event) -> bytes:
-        """The event's SSE bytes in this stream's format (built once per event)."""
-        return event.cloudevent_sse if self.cloudevents else event.sse
-
     def write(self, data: bytes | Payload) -> None:
         """Write without waiting; marks the subscription closed if the client left."""
         try:

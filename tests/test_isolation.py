@@ -12,6 +12,8 @@ import asyncio
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -271,18 +273,26 @@ async def test_pages_and_replays_are_capped_in_bytes(start_server: StartServer,
         assert [envelope(m)["id"] for m in await sse.rest() if m.data] == ids
 
 
+@asynccontextmanager
+async def _reads_held(dsn: str) -> AsyncIterator[asyncpg.transaction.Transaction]:
+    """Hold every page and catch-up read: they all join the retention row, which
+    publishing never reads. Roll the yielded transaction back to let them go."""
+    blocker = await asyncpg.connect(dsn)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE sse_stream.retention IN ACCESS EXCLUSIVE MODE")
+        yield transaction
+    finally:
+        await blocker.close()
+
+
 async def test_busy_read_capacity_is_a_503_and_publishing_keeps_its_own(
         start_server: StartServer, db: asyncpg.Connection, dsn: str, stream: str) -> None:
     server = await start_server(pool_size=1, capacity_wait=0.3)
     await publish(db, stream, "t", {})
     url = server.make_url(f"/streams/{stream}/events?after=0")
-    blocker = await asyncpg.connect(dsn)
-    try:
-        # Every page read joins the retention row: holding it holds the one
-        # read connection (publishing never reads it).
-        transaction = blocker.transaction()
-        await transaction.start()
-        await blocker.execute("LOCK TABLE sse_stream.retention IN ACCESS EXCLUSIVE MODE")
+    async with _reads_held(dsn) as transaction:
         async with aiohttp.ClientSession() as session:
             held = asyncio.create_task(session.get(url))
             await _eventually(lambda: server.app[STORE].reads_capacity.waiting == 0
@@ -300,26 +310,18 @@ async def test_busy_read_capacity_is_a_503_and_publishing_keeps_its_own(
             response = await held
             assert response.status == 200
             response.release()
-    finally:
-        await blocker.close()
 
 
 async def test_a_statement_past_its_timeout_is_a_503(start_server: StartServer,
                                                      db: asyncpg.Connection, dsn: str,
                                                      stream: str) -> None:
     server = await start_server(statement_timeout=0.3)
-    blocker = await asyncpg.connect(dsn)
-    try:
-        transaction = blocker.transaction()
-        await transaction.start()
-        await blocker.execute("LOCK TABLE sse_stream.retention IN ACCESS EXCLUSIVE MODE")
+    async with _reads_held(dsn) as transaction:
         async with aiohttp.ClientSession() as session:
             async with session.get(server.make_url(f"/streams/{stream}/events")) as response:
                 assert response.status == 503
                 assert "Retry-After" in response.headers
         await transaction.rollback()
-    finally:
-        await blocker.close()
     async with aiohttp.ClientSession() as session:
         async with session.get(server.make_url(f"/streams/{stream}/events")) as response:
             assert response.status == 200
@@ -540,11 +542,7 @@ async def test_refusals_and_skips_are_counted_in_metrics(start_server: StartServ
                                                          db: asyncpg.Connection, dsn: str,
                                                          stream: str) -> None:
     server = await start_server(pool_size=1, capacity_wait=0.1)
-    blocker = await asyncpg.connect(dsn)
-    try:
-        transaction = blocker.transaction()
-        await transaction.start()
-        await blocker.execute("LOCK TABLE sse_stream.retention IN ACCESS EXCLUSIVE MODE")
+    async with _reads_held(dsn) as transaction:
         async with aiohttp.ClientSession() as session:
             held = asyncio.create_task(session.get(server.make_url(f"/streams/{stream}/events")))
             await _eventually(lambda: server.app[STORE].reads_capacity._slots.locked())
@@ -554,8 +552,6 @@ async def test_refusals_and_skips_are_counted_in_metrics(start_server: StartServ
             (await held).release()
             async with session.get(server.make_url("/metrics")) as response:
                 text = await response.text()
-    finally:
-        await blocker.close()
     assert 'sse_stream_capacity_refusals_total{kind="read"} 1.0' in text
     assert 'sse_stream_capacity_refusals_total{kind="publish"} 0.0' in text
     assert "sse_stream_skipped_rows_total 0.0" in text
