@@ -47,24 +47,27 @@ LEFT JOIN LATERAL (
 -- name: read_selected
 -- One page of a subscriber's own catch-up, or of a JSON page: the rows of the
 -- selected streams after a position and below the snapshot's xmin, in
--- stream order, tested against the selector's filters, each as the bytes the
--- client gets ({frame}: one of the frame_* expressions below), so that a
--- replay costs the server no decoding and no encoding.
+-- stream order, tested against the selector's filters, as the bytes the
+-- client gets ({frame}: one of the frame_* expressions below, joined by
+-- {separator}), so that a replay costs the server no decoding, no encoding
+-- and no work per row: the page is one row.
 -- Bounded work: the scan examines at most $4 rows of the selected streams
 -- (`n` counts them) and stops as soon as $3 rows have come out. A row comes
 -- out when it matches (`hit`) or when it is the last one the scan may examine
 -- (n = $4), so that a page over a stretch that matches nothing still tells
--- how far it looked. Bounded size: a match past about $5 bytes of data comes
--- without its data, and the page ends before it.
+-- how far it looked. A match is taken while fewer than $3 matches came before
+-- it and the data before it stays under about $5 bytes; `over` says a match
+-- was left for the next page (the page ends before it).
 -- {streams} and {filter} are boolean expressions built by
 -- sse_stream/subscription.py from bind parameters ($6 onwards) only.
--- The header row has the snapshot's xmin and xmax (a position at or past
--- xmax was never handed out by this database) and the highest pruned
--- position, read in the same snapshot as the rows: a prune deletes rows and
--- moves it in one transaction, so the page is missing exactly the rows at or
--- before it, never rows the reader was not told about.
+-- The header has the snapshot's xmin and xmax (a position at or past xmax
+-- was never handed out by this database) and the highest pruned position,
+-- read in the same snapshot as the rows: a prune deletes rows and moves it
+-- in one transaction, so the page is missing exactly the rows at or before
+-- it, never rows the reader was not told about.
 SELECT h.xmin::text::bigint AS xmin, h.xmax::text::bigint AS xmax,
-       h.pruned_xid::text::bigint AS pruned_xid, h.pruned_id, e.n, e.hit, e.xid, e.id, e.frame
+       h.pruned_xid::text::bigint AS pruned_xid, h.pruned_id, p.taken, p.body, p.last, p.over,
+       p.end_n, p.end_at
 FROM (
     SELECT s.xmin, s.xmax, r.pruned_xid, r.pruned_id
     FROM (SELECT pg_snapshot_xmin(c.snap) AS xmin, pg_snapshot_xmax(c.snap) AS xmax
@@ -72,51 +75,58 @@ FROM (
     LEFT JOIN sse_stream.retention r ON true
 ) h
 LEFT JOIN LATERAL (
-    SELECT w.n, w.hit, w.xid::text::bigint AS xid, w.id, w.stream, w.type,
-           CASE WHEN w.hit AND w.running - octet_length(w.data) < $5
-                THEN convert_to({frame}, 'UTF8') END AS frame
+    SELECT count(*) FILTER (WHERE w.taken) AS taken,
+           convert_to(string_agg({frame}, {separator} ORDER BY w.xid, w.id)
+                      FILTER (WHERE w.taken), 'UTF8') AS body,
+           max(ARRAY[w.xid::text::bigint, w.id]) FILTER (WHERE w.taken) AS last,
+           coalesce(bool_or(w.hit AND NOT w.taken), false) AS over,
+           max(w.n) AS end_n, max(ARRAY[w.xid::text::bigint, w.id]) AS end_at
     FROM (
-        SELECT t.xid, t.id, t.stream, t.type, t.created_at, t.hit, t.data,
-               row_number() OVER win AS n,
-               coalesce(sum(octet_length(t.data)) OVER win, 0) AS running
+        SELECT o.*, o.hit AND o.hits < $3 AND o.running - octet_length(o.data) < $5 AS taken
         FROM (
-            SELECT s.xid, s.id, s.stream, s.type, s.created_at, s.hit,
-                   CASE WHEN s.hit THEN s.data::text END AS data
+            SELECT t.xid, t.id, t.stream, t.type, t.created_at, t.hit, t.data,
+                   row_number() OVER win AS n,
+                   count(*) FILTER (WHERE t.hit) OVER win AS hits,
+                   coalesce(sum(octet_length(t.data)) OVER win, 0) AS running
             FROM (
-                SELECT ev.xid, ev.id, ev.stream, ev.type, ev.created_at, ev.data,
-                       coalesce({filter}, false) AS hit
-                FROM sse_stream.events ev
-                WHERE (ev.xid, ev.id) > ($1::text::xid8, $2::bigint) AND ev.xid < h.xmin
-                  AND {streams}
-                ORDER BY ev.xid, ev.id
-                LIMIT $4
-            ) s
-        ) t
-        WINDOW win AS (ORDER BY t.xid, t.id ROWS UNBOUNDED PRECEDING)
+                SELECT s.xid, s.id, s.stream, s.type, s.created_at, s.hit,
+                       CASE WHEN s.hit THEN s.data::text END AS data
+                FROM (
+                    SELECT ev.xid, ev.id, ev.stream, ev.type, ev.created_at, ev.data,
+                           coalesce({filter}, false) AS hit
+                    FROM sse_stream.events ev
+                    WHERE (ev.xid, ev.id) > ($1::text::xid8, $2::bigint) AND ev.xid < h.xmin
+                      AND {streams}
+                    ORDER BY ev.xid, ev.id
+                    LIMIT $4
+                ) s
+            ) t
+            WINDOW win AS (ORDER BY t.xid, t.id ROWS UNBOUNDED PRECEDING)
+        ) o
+        WHERE o.hit OR o.n = $4
+        ORDER BY o.xid, o.id
+        LIMIT $3
     ) w
-    WHERE w.hit OR w.n = $4
-    ORDER BY w.xid, w.id
-    LIMIT $3
-) e ON true;
+) p ON true;
 
 -- name: frame_json
 -- The envelope of SPEC §2 over the row `w` of read_selected: stream and type
 -- need no JSON escaping (the table's checks), data is jsonb's own text.
-'{"id":' || w.id || ',"position":"' || w.xid::text || '-' || w.id
-    || '","stream":"' || w.stream || '","type":"' || w.type || '","data":' || w.data
-    || ',"created_at":"' || sse_stream.time_text(w.created_at) || '"}'
+-- concat() builds it in one piece (a chain of || copies it at every step).
+concat('{"id":', w.id, ',"position":"', w.xid, '-', w.id, '","stream":"', w.stream,
+       '","type":"', w.type, '","data":', w.data, ',"created_at":"',
+       sse_stream.time_text(w.created_at), '"}')
 
 -- name: frame_json_cloudevents
 -- The same event as a CloudEvents 1.0 JSON envelope (structured mode).
-'{"specversion":"1.0","id":"' || w.id || '","source":"/streams/' || w.stream
-    || '","type":"' || w.type || '","time":"' || sse_stream.time_text(w.created_at)
-    || '","datacontenttype":"application/json","data":' || w.data || ',"ssestream":"'
-    || w.stream || '","sseposition":"' || w.xid::text || '-' || w.id || '"}'
+concat('{"specversion":"1.0","id":"', w.id, '","source":"/streams/', w.stream,
+       '","type":"', w.type, '","time":"', sse_stream.time_text(w.created_at),
+       '","datacontenttype":"application/json","data":', w.data, ',"ssestream":"',
+       w.stream, '","sseposition":"', w.xid, '-', w.id, '"}')
 
 -- name: frame_sse
 -- An SSE frame: the position as its id, the type as its event, an envelope.
-'id: ' || w.xid::text || '-' || w.id || E'\nevent: ' || w.type || E'\ndata: ' || {envelope}
-    || E'\n\n'
+concat('id: ', w.xid, '-', w.id, E'\nevent: ', w.type, E'\ndata: ', {envelope}, E'\n\n')
 
 -- name: pruned_position
 SELECT pruned_xid::text::bigint, pruned_id FROM sse_stream.retention;

@@ -319,7 +319,7 @@ async def read_page(request: web.Request) -> web.Response:
         gap = b',"gap":{"requested_after":"%s","resumed_after":"%s"}' % (
             after.encode().encode(), page.pruned.encode().encode())
     body = b'{"events":[%s],"next_after":"%s","has_more":%s%s}' % (
-        b",".join(page.frames),
+        page.body,
         next_after.encode().encode(),
         b"true" if has_more else b"false", gap)
     return web.Response(body=body, content_type="application/json")

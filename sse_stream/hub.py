@@ -440,10 +440,10 @@ class Hub:
 
     def _write_page(self, subscription: Subscription, page: Frames) -> None:
         if page.last is not None:
-            subscription.write(b"".join(page.frames))
+            subscription.write(page.body)
             subscription.sent = page.last
-            subscription.events_sent += len(page.frames)
-            self.replayed += len(page.frames)
+            subscription.events_sent += page.count
+            self.replayed += page.count
 
     # -- heartbeats ---------------------------------------------------------------
 

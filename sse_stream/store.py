@@ -89,11 +89,13 @@ class Page:
 
 @dataclass(frozen=True)
 class Frames:
-    """A page of a catch-up or JSON page: each matching event as the bytes the
-    client gets, built by PostgreSQL. `last` is the last one's position;
+    """A page of a catch-up or JSON page: its `count` matching events as the
+    bytes the client gets, built by PostgreSQL (SSE frames back to back, or
+    JSON envelopes separated by commas). `last` is the last one's position;
     `covered`, `full`, `pruned` and `future` as in Page."""
 
-    frames: list[bytes]
+    body: bytes
+    count: int
     last: Position | None
     covered: Position
     full: bool
@@ -175,7 +177,8 @@ def _frame_sql(sse: bool, cloudevents: bool) -> str:
 
 def _selected_sql(selector: SelectorSql, sse: bool, cloudevents: bool) -> str:
     return query("read_selected").replace("{streams}", selector.streams) \
-        .replace("{filter}", selector.filter).replace("{frame}", _frame_sql(sse, cloudevents))
+        .replace("{filter}", selector.filter).replace("{frame}", _frame_sql(sse, cloudevents)) \
+        .replace("{separator}", "''" if sse else "','")
 
 
 def _pruned(row: asyncpg.Record) -> Position | None:
@@ -326,7 +329,7 @@ class EventStore:
                 self.replica_reads += 1
                 try:
                     async with self._connection(self._replica) as connection:
-                        rows = await connection.fetch(sql, *args)
+                        row = await connection.fetchrow(sql, *args)
                 except (DatabaseUnavailable, asyncpg.PostgresError) as error:
                     # A replica that is down, or cancels the query in a recovery
                     # conflict, must not stop a replay the primary can serve.
@@ -334,36 +337,24 @@ class EventStore:
                     replica = False
             if not replica:
                 async with self._connection(self._reads) as connection:
-                    rows = await connection.fetch(sql, *args)
-        head = rows[0]
-        xmin: int = head["xmin"]
-        pruned = _pruned(head)
-        if not replica and after.xid >= head["xmax"]:
-            return Frames([], None, Position.after_horizon(xmin), False, pruned, future=True)
-        if head["id"] is None:
-            return Frames([], None, max(after, Position.after_horizon(xmin)), False, pruned)
-        frames: list[bytes] = []
-        last: asyncpg.Record | None = None  # the last match handed over
-        over = False  # a match past the byte budget ended the page
-        for row in rows:
-            if row["hit"]:
-                frame = row["frame"]
-                if frame is None or len(frames) == limit:
-                    over = True
-                    break
-                frames.append(frame)
-                last = row
-        end = rows[-1]
-        position = None if last is None else Position(last["xid"], last["id"])
-        if over:
-            full, covered = True, position or after
-        elif end["n"] == limits.scan_rows:
+                    row = await connection.fetchrow(sql, *args)
+        xmin: int = row["xmin"]
+        pruned = _pruned(row)
+        if not replica and after.xid >= row["xmax"]:
+            return Frames(b"", 0, None, Position.after_horizon(xmin), False, pruned, future=True)
+        if row["end_n"] is None:  # nothing after `after` yet
+            return Frames(b"", 0, None, max(after, Position.after_horizon(xmin)), False, pruned)
+        last = None if row["last"] is None else Position(*row["last"])
+        if row["over"]:
+            # A match was left for the next page (the count or the bytes).
+            full, covered = True, last or after
+        elif row["end_n"] == limits.scan_rows:
             # The scan budget ended the page: everything up to the last row
             # examined has been seen, matched or not.
-            full, covered = True, Position(end["xid"], end["id"])
+            full, covered = True, Position(*row["end_at"])
         else:
             full, covered = False, max(after, Position.after_horizon(xmin))
-        return Frames(frames, position, covered, full, pruned)
+        return Frames(row["body"] or b"", row["taken"], last, covered, full, pruned)
 
     async def pruned_position(self) -> Position | None:
         async with self._connection(self._background) as connection:
