@@ -75,10 +75,12 @@ class Event:
     Immutable by convention; `data` is decoded on first use and cached.
     `created_at` is the RFC 3339 text of the event's time (UTC, "Z"),
     `created_epoch` the same instant in seconds (for the lag metric).
+    `frame` and `cloudevent_frame` hold its SSE frames once
+    response.event_frame has built them.
     """
 
     __slots__ = ("id", "position", "stream", "type", "raw_data", "created_at", "created_epoch",
-                 "envelope", "sse", "_data", "_cloudevent", "_cloudevent_sse")
+                 "envelope", "frame", "cloudevent_frame", "_data", "_cloudevent")
 
     def __init__(self, id_: int, position: Position, stream: str, type_: str, raw_data: bytes,
                  created_at: str, created_epoch: float) -> None:
@@ -90,17 +92,14 @@ class Event:
         self.created_at = created_at
         self.created_epoch = created_epoch
         # stream and type are constrained by the table to characters that
-        # need no JSON escaping and cannot break a line; PostgreSQL's text of
-        # a jsonb value is compact JSON on one line.
-        position_text = b"%d-%d" % position
-        self.envelope = b'{"id":%d,"position":"%s","stream":"%s","type":"%s","data":%s,' \
-            b'"created_at":"%s"}' % (id_, position_text, stream.encode(), type_.encode(),
+        # need no JSON escaping; data is PostgreSQL's text of a jsonb value.
+        self.envelope = b'{"id":%d,"position":"%d-%d","stream":"%s","type":"%s","data":%s,' \
+            b'"created_at":"%s"}' % (id_, *position, stream.encode(), type_.encode(),
                                      raw_data, created_at.encode())
-        self.sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (position_text, type_.encode(),
-                                                         self.envelope)
+        self.frame: bytes | None = None
+        self.cloudevent_frame: bytes | None = None
         self._data = _UNSET
         self._cloudevent: bytes | None = None
-        self._cloudevent_sse: bytes | None = None
 
     @classmethod
     def from_row(cls, xid: int, id_: int, stream: str, type_: str, raw_data: bytes,
@@ -131,15 +130,6 @@ class Event:
                 b'"ssestream":"%s","sseposition":"%s"}' % (
                     self.id, self.stream.encode(), self.type.encode(), self.created_at.encode(),
                     self.raw_data, self.stream.encode(), self.position.encode().encode()))
-        return form
-
-    @property
-    def cloudevent_sse(self) -> bytes:
-        """The SSE frame whose data is the CloudEvents envelope."""
-        form = self._cloudevent_sse
-        if form is None:
-            form = self._cloudevent_sse = b"id: %s\nevent: %s\ndata: %s\n\n" % (
-                self.position.encode().encode(), self.type.encode(), self.cloudevent)
         return form
 
 

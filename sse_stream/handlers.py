@@ -25,7 +25,7 @@ from .hub import Hub
 from .listener import Listener
 from .patterns import (StreamPattern, parse_pattern, parse_pattern_list, parse_type_filter,
                        validate_stream_name)
-from .response import SseResponse
+from .response import SseResponse, gap_json, id_frame, retry_frame
 from .settings import Settings
 from .store import EventStore
 from .subscription import Selector, Subscription
@@ -255,17 +255,26 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     open_streams = request.app[OPEN_STREAMS]
     open_streams.open(group, settings)
     try:
+        preamble = retry_frame(settings.retry)
+        if start is None:
+            # New events only: those committed before this request stay out,
+            # and the position is fixed before the headers go out, so a
+            # client that publishes once the stream is open gets its event.
+            # The bare id line lets a client that reconnects before its
+            # first event resume from here instead of starting afresh.
+            here = await hub.fresh_position()
+            preamble += id_frame(here)
         response = SseResponse()
         await response.prepare(request)
-        await response.start(b"retry: %d\n\n" % settings.retry)
-        subscription = Subscription(selector, response, start or ORIGIN, client,
-                                    cloudevents=cloudevents,
+        await response.start(preamble)
+        subscription = Subscription(selector, response, here if start is None else start,
+                                    client, cloudevents=cloudevents,
                                     expires_at=grant.expires_at if grant else None)
         # One line at open and one at close, key=value (logfmt) for log pipelines.
         log.info("stream opened peer=%s streams=%s start=%s live=%s", subscription.peer,
                  subscription.streams, start.encode() if start is not None else "live", live)
         try:
-            await hub.serve(subscription, start, follow=live == "true")
+            await hub.serve(subscription, live=live == "true", replay=start is not None)
         except (ConnectionError, DatabaseUnavailable):
             pass
         except Exception:
@@ -316,8 +325,7 @@ async def read_page(request: web.Request) -> web.Response:
     gap = b""
     if page.pruned is not None and ORIGIN < after < page.pruned:
         # The page form of sse.gap: events after `after` were pruned.
-        gap = b',"gap":{"requested_after":"%s","resumed_after":"%s"}' % (
-            after.encode().encode(), page.pruned.encode().encode())
+        gap = b',"gap":%s' % gap_json(after, page.pruned)
     body = b'{"events":[%s],"next_after":"%s","has_more":%s%s}' % (
         page.body,
         next_after.encode().encode(),

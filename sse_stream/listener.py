@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import asyncpg
 
-from .tasks import cancel_and_wait
+from .tasks import Backoff, cancel_and_wait, wait_set
 
 log = logging.getLogger(__name__)
 CHANNEL = "sse_stream"
@@ -50,14 +50,11 @@ class Listener:
         self.on_notify()
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff()
         while True:
             lost = asyncio.Event()
             try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for
-                # swallows a cancellation that arrives as the awaited call
-                # ends, and stop() would then wait for this task forever.
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(10):  # not wait_for: see tasks.py
                     connection = await asyncpg.connect(
                         self.dsn, server_settings={"application_name": APPLICATION_NAME})
                 self._connection = connection
@@ -65,18 +62,14 @@ class Listener:
                 await connection.add_listener(CHANNEL, self._notified)
                 log.info("listener connected")
                 self.connected = True
-                backoff = 0.1
+                backoff.reset()
                 # Anything committed while nobody listened is in the table.
                 self.on_notify()
-                while not lost.is_set():
-                    try:
-                        async with asyncio.timeout(self.keepalive):
-                            await lost.wait()
-                    except TimeoutError:
-                        # A health check: a half-open TCP connection would
-                        # otherwise look alive and silent forever.
-                        async with asyncio.timeout(self.keepalive):
-                            await connection.fetchval("SELECT 1")
+                while not await wait_set(lost, self.keepalive):
+                    # A health check: a half-open TCP connection would
+                    # otherwise look alive and silent forever.
+                    async with asyncio.timeout(self.keepalive):
+                        await connection.fetchval("SELECT 1")
             except asyncio.CancelledError:
                 raise
             # InternalClientError: asyncpg's answer when the backend is
@@ -91,5 +84,4 @@ class Listener:
                 if self._connection is not None:
                     self._connection.terminate()
                     self._connection = None
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff.next())

@@ -12,13 +12,17 @@ data, and anyone who can scrape would read them.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from math import isfinite
 from typing import Any
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector
+
+from .events import Event
 
 OTHER = "other"
 MAX_PATTERN_LABELS = 50  # distinct stream-pattern labels before "other"
@@ -52,6 +56,35 @@ class Buckets:
         return result
 
 
+class HubStats:
+    """The hub's counters: plain numbers, read by HubCollector on a scrape."""
+
+    __slots__ = ("wakeups", "events_read", "delivered", "replayed", "catchups", "gaps", "opened",
+                 "match_errors", "read_sizes", "lag")
+
+    def __init__(self) -> None:
+        self.wakeups = 0  # shared reads started
+        self.events_read = 0  # events the shared read returned
+        self.delivered = 0  # events written to live streams
+        self.replayed = 0  # events written by catch-up pages
+        self.catchups = 0  # live streams moved back to the table (too far behind)
+        self.gaps = 0  # sse.gap events written
+        self.opened = 0  # streams opened
+        self.match_errors = 0  # selector tests that raised (counted as no match)
+        self.read_sizes = Buckets(READ_BUCKETS)  # events read per wake-up
+        self.lag = Buckets(LAG_BUCKETS)  # created_at to fan-out, seconds, per event read
+
+    def count_read(self, events: Sequence[Event]) -> None:
+        """Count a shared read's events and their lag (per event read, not
+        per subscriber: one subtraction and a bisect each)."""
+        self.events_read += len(events)
+        now, observe = time.time(), self.lag.observe
+        for event in events:
+            lag = now - event.created_epoch
+            if isfinite(lag):  # a time the column holds may be infinity
+                observe(lag)
+
+
 class HubCollector(Collector):
     """Reads one process's hub, listener, store and retention on each scrape."""
 
@@ -77,8 +110,9 @@ class HubCollector(Collector):
             return
         listener, store, retention = (objects.get("listener"), objects.get("store"),
                                       objects.get("retention"))
+        stats: HubStats = hub.stats
         subscriptions = list(hub.subscriptions)
-        catching_up = sum(not subscription.live for subscription in subscriptions)
+        catching_up = sum(not subscription.joined for subscription in subscriptions)
         if self.stream_labels:
             open_streams = GaugeMetricFamily(
                 "sse_stream_open_streams", "Open SSE streams, by the streams they asked for "
@@ -102,28 +136,28 @@ class HubCollector(Collector):
             return CounterMetricFamily(name, help_text, value=value)
 
         yield counter("sse_stream_events_delivered", "Events written to live streams.",
-                      hub.delivered)
+                      stats.delivered)
         yield counter("sse_stream_events_replayed", "Events written by catch-up (replay) reads.",
-                      hub.replayed)
+                      stats.replayed)
         yield counter("sse_stream_wakeups", "Shared reads started (NOTIFY, poll or reconnect).",
-                      hub.wakeups)
+                      stats.wakeups)
         yield counter("sse_stream_events_read", "Events read by the shared live read.",
-                      hub.events_read)
+                      stats.events_read)
         yield counter("sse_stream_catchups", "Slow streams moved from the live flow back to "
-                      "catching up from the table.", hub.catchups)
+                      "catching up from the table.", stats.catchups)
         yield counter("sse_stream_gaps", "sse.gap events sent (a start or a live stream that "
                       "retention overtook, or a position this database never handed out).",
-                      hub.gaps)
-        yield counter("sse_stream_streams_opened", "Streams opened.", hub.opened)
+                      stats.gaps)
+        yield counter("sse_stream_streams_opened", "Streams opened.", stats.opened)
         reads = HistogramMetricFamily("sse_stream_events_per_wakeup",
                                       "Events read per wake-up of the shared read.")
-        reads.add_metric([], hub.read_sizes.cumulative(), sum_value=hub.read_sizes.total)
+        reads.add_metric([], stats.read_sizes.cumulative(), sum_value=stats.read_sizes.total)
         yield reads
         lag = HistogramMetricFamily(
             "sse_stream_delivery_lag_seconds",
             "Seconds from an event's created_at (the start of its writing transaction) to the "
             "shared fan-out that writes it to live streams; once per event read.")
-        lag.add_metric([], hub.lag.cumulative(), sum_value=hub.lag.total)
+        lag.add_metric([], stats.lag.cumulative(), sum_value=stats.lag.total)
         yield lag
         yield GaugeMetricFamily("sse_stream_ready", "1 when the last shared read reached the "
                                 "database.", value=1 if hub.ready else 0)
@@ -137,7 +171,7 @@ class HubCollector(Collector):
                                     "1 while the LISTEN connection is up.",
                                     value=1 if listener.connected else 0)
         yield counter("sse_stream_match_errors", "Event and selector tests that raised "
-                      "(logged; the event was not sent to that selector).", hub.match_errors)
+                      "(logged; the event was not sent to that selector).", stats.match_errors)
         if store is not None:
             yield counter("sse_stream_database_reads", "Event reads (shared and catch-up).",
                           store.reads)

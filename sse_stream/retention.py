@@ -68,7 +68,6 @@ class Retention:
         self.older_than = older_than
         self.interval = interval
         self.batch = batch
-        self.runs = 0
         self.deleted = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -83,7 +82,6 @@ class Retention:
         while True:
             try:
                 result = await prune(self.store, self.older_than, self.batch)
-                self.runs += 1
                 self.deleted += result.deleted
                 if result.deleted:
                     log.info("pruned %d events older than %s up to %s", result.deleted,

@@ -13,13 +13,18 @@ index only leaves out groups that cannot match.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+import logging
+from collections.abc import Collection, Hashable, Iterator
 from typing import Any
 
 from .events import Event
 from .filters import lookup, value_key
+from .metrics import HubStats
 from .patterns import StreamPattern, SubjectTree
+from .response import Payload, event_frame
 from .subscription import Selector, Subscription
+
+log = logging.getLogger(__name__)
 
 
 class Group:
@@ -44,7 +49,7 @@ class Group:
             self.types = selector.types.exact
 
     def frame(self, event: Event) -> bytes:
-        return event.cloudevent_sse if self.cloudevents else event.sse
+        return event_frame(event, self.cloudevents)
 
 
 class Route:
@@ -162,3 +167,73 @@ class Routes:
         for route in routes:
             route.reach(event, found)
         return found
+
+
+class LiveIndex:
+    """The live subscriptions: grouped by identical selector and format,
+    filed by stream name or pattern and indexed by their filters (Routes)."""
+
+    def __init__(self, stats: HubStats) -> None:
+        self._groups: dict[tuple[Selector, bool], Group] = {}
+        self._routes = Routes()
+        self.stats = stats
+
+    def add(self, subscription: Subscription) -> None:
+        key = (subscription.selector, subscription.cloudevents)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = Group(*key)
+            self._routes.add(group)
+        group.members.add(subscription)
+
+    def remove(self, subscription: Subscription) -> None:
+        key = (subscription.selector, subscription.cloudevents)
+        group = self._groups[key]
+        group.members.discard(subscription)
+        if not group.members:
+            del self._groups[key]
+            self._routes.remove(group)
+
+    def members(self) -> Iterator[Subscription]:
+        for group in self._groups.values():
+            yield from group.members
+
+    def match(self, events: list[Event]) -> dict[Group, list[Event]]:
+        """Each reachable group's matching events, in order. An event is
+        tested only against the groups its stream, type and indexed data
+        values can reach; a test that raises counts as no match."""
+        matched: dict[Group, list[Event]] = {}
+        routes = self._routes
+        by_stream: dict[str, list[Route]] = {}
+        for event in events:
+            found = by_stream.get(event.stream)
+            if found is None:
+                found = by_stream[event.stream] = routes.routes(event.stream)
+            if not found:
+                continue
+            for group in routes.reach(event, found):
+                try:
+                    accepted = group.selector.accepts(event)
+                except Exception:  # noqa: BLE001 - one event must not stop the fan-out
+                    self.stats.match_errors += 1
+                    log.exception("matching event %s failed", event.position.encode())
+                    continue
+                if accepted:
+                    batch = matched.get(group)
+                    if batch is None:
+                        batch = matched[group] = []
+                    batch.append(event)
+        return matched
+
+
+def shared_payloads(matched: dict[Group, list[Event]]) -> Iterator[tuple[Group, list[Event],
+                                                                       Payload]]:
+    """Each group's batch with its payload: groups that get the same events
+    in the same format share one (joined and chunk-framed once)."""
+    shared: dict[tuple[bool, tuple[int, ...]], Payload] = {}
+    for group, batch in matched.items():
+        key = (group.cloudevents, tuple([event.id for event in batch]))
+        payload = shared.get(key)
+        if payload is None:
+            payload = shared[key] = Payload(b"".join(map(group.frame, batch)))
+        yield group, batch, payload

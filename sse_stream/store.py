@@ -248,7 +248,8 @@ class EventStore:
                 try:
                     # A graceful close waits for every connection to be
                     # released; after a database restart some never are.
-                    await asyncio.wait_for(pool.close(), 5)
+                    async with asyncio.timeout(5):
+                        await pool.close()
                 except (TimeoutError, *_UNAVAILABLE):
                     pool.terminate()
 

@@ -11,7 +11,7 @@ from .events import Event, Position
 from .filters import AnyOf, Condition, DataFilter
 from .patterns import StreamPattern, TypeFilter
 from .queries import SelectorSql
-from .response import Payload, SseResponse
+from .response import Payload, SseResponse, gap_frame, id_frame
 
 # Parameters $1..$5 of read_selected are the position, the page size, the
 # rows a page may examine and its byte budget.
@@ -36,9 +36,6 @@ class Selector:
         if self.types is not None and not self.types.matches(event.type):
             return False
         return self.data is None or self.data.matches(event.data)
-
-    def matches(self, event: Event) -> bool:
-        return self.matches_stream(event.stream) and self.accepts(event)
 
     def bound(self, terms: tuple[Condition | AnyOf, ...]) -> Selector:
         """This selector with a token's data filters ANDed to its own.
@@ -103,25 +100,29 @@ def _successor(prefix: str) -> str:
 class Subscription:
     """One open stream: its selector, its place in the order, its socket.
 
-    While `live`, the hub appends the stream's events in its shared fan-out
-    and `skip_until` drops the ones the catch-up already sent. Otherwise
-    the stream's own task reads from the table after `cursor` until it can
-    join the live flow (see Hub.serve).
+    Three positions say where it is (see Hub._join for how they meet):
+    - `covered`: every matching event up to here has been written to it;
+    - `last_id`: the last position written on an `id:` line, where the
+      client resumes after a disconnect (never ahead of `covered`);
+    - `replayed_through`: once `joined` to the live flow, live events at or
+      before this were already written by the catch-up, and are skipped.
+    While not `joined`, the stream's own task reads from the table after
+    `covered` until it can join (Hub.serve).
     """
 
-    __slots__ = ("selector", "response", "cursor", "skip_until", "sent", "live", "closed",
-                 "last_write", "signal", "sql", "events_sent", "bytes_sent", "opened", "peer",
-                 "streams", "cloudevents", "expires_at", "expiry_warned")
+    __slots__ = ("selector", "response", "covered", "replayed_through", "last_id", "joined",
+                 "closed", "last_write", "signal", "sql", "events_sent", "bytes_sent", "opened",
+                 "peer", "streams", "cloudevents", "expires_at", "expiry_warned")
 
-    def __init__(self, selector: Selector, response: SseResponse, cursor: Position,
+    def __init__(self, selector: Selector, response: SseResponse, start: Position,
                  peer: str = "", cloudevents: bool = False,
                  expires_at: float | None = None) -> None:
         self.selector = selector
         self.response = response
-        self.cursor = cursor          # every matching event up to here was written
-        self.skip_until = cursor      # live events at or before this are not sent
-        self.sent = cursor            # the last position written on an `id:` line
-        self.live = False
+        self.covered = start
+        self.replayed_through = start
+        self.last_id = start
+        self.joined = False
         self.closed = False
         self.last_write = time.monotonic()
         self.signal = asyncio.Event()  # wakes the stream's task: overflow, close
@@ -144,6 +145,17 @@ class Subscription:
             return
         self.last_write = time.monotonic()
         self.bytes_sent += len(data.data if isinstance(data, Payload) else data)
+
+    def write_gap(self, requested: Position, resumed: Position) -> None:
+        """Tell the client that events after `requested` up to `resumed`
+        are lost to it (sse.gap), and go on from `resumed`."""
+        self.write(gap_frame(requested, resumed))
+        self.covered = self.last_id = resumed
+
+    def write_position(self, position: Position) -> None:
+        """Move the client's position with no event (a bare `id:` line)."""
+        self.write(id_frame(position))
+        self.last_id = position
 
     def close(self) -> None:
         self.closed = True

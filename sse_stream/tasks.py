@@ -1,4 +1,10 @@
-"""Ending background tasks reliably."""
+"""Waiting, retrying and ending background tasks reliably.
+
+Every timed wait here uses `asyncio.timeout`, never `asyncio.wait_for`: on
+Python 3.11 wait_for swallows a cancellation that arrives in the same loop
+turn as its inner await completes (a doorbell ringing, a connect finishing),
+and the task runs on, so stopping it would wait forever.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,50 @@ import logging
 log = logging.getLogger(__name__)
 
 
-async def cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait until it has ended.
+class Backoff:
+    """Delays between retries of a failing step: `first`, doubling up to
+    `longest`; `reset()` after a success."""
 
-    One cancel() is not enough on Python 3.11: asyncio.wait_for swallows a
-    cancellation that arrives in the same loop turn as its inner await
-    completes (a doorbell ringing, a connect finishing), and the task runs
-    on, so `await task` would wait forever. Cancel again until it ends.
-    """
+    __slots__ = ("first", "longest", "_next")
+
+    def __init__(self, first: float = 0.1, longest: float = 5.0) -> None:
+        self.first = first
+        self.longest = longest
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(delay * 2, self.longest)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until `event` is set, at most `timeout` seconds; True if it was.
+    The event is left as it is (the caller clears it when it has acted)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def wait_first(*events: asyncio.Event) -> None:
+    """Wait until one of `events` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has ended (one cancel() may be
+    swallowed, see above: cancel again until it ends)."""
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=1.0)

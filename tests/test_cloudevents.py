@@ -12,6 +12,7 @@ import orjson
 from conftest import StartServer, publish
 from sse import envelope, open_stream
 from sse_stream.events import Event
+from sse_stream.response import event_frame
 
 _ATTRIBUTE = re.compile(r"[a-z0-9]{1,20}")
 
@@ -36,12 +37,13 @@ def test_cloudevent_is_encoded_once_per_event() -> None:
     event = Event.from_row(10, 42, "orders.1", "order.created", b'{"a": [1, 2]}',
                            "2026-11-26T14:03:07.123456Z", time.timestamp())
     first = event.cloudevent
-    assert event.cloudevent is first and event.cloudevent_sse is event.cloudevent_sse
+    frame = event_frame(event, cloudevents=True)
+    assert event.cloudevent is first and event_frame(event, cloudevents=True) is frame
     document = orjson.loads(first)
     _check_cloudevent(document, 42, "orders.1", "order.created", {"a": [1, 2]})
     assert document["time"] == "2026-11-26T14:03:07.123456Z"
     assert document["sseposition"] == "10-42"
-    assert event.cloudevent_sse == b"id: 10-42\nevent: order.created\ndata: " + first + b"\n\n"
+    assert frame == b"id: 10-42\nevent: order.created\ndata: " + first + b"\n\n"
 
 
 async def test_streams_in_both_formats_side_by_side(start_server: StartServer,

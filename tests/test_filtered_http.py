@@ -38,7 +38,7 @@ async def test_many_filtered_subscribers_each_get_their_events(
             streams.append(await stack.enter_async_context(open_stream(str(url), session=session)))
         for sse in streams:
             await sse.until(lambda parser: parser.last_event_id != "")
-        delivered = hub.delivered
+        delivered = hub.stats.delivered
         # The same data on a neighbouring stream: none of it is theirs.
         await db.execute("SELECT sse_stream.publish($1 || 'x', 't', jsonb_build_object('n', n))"
                          " FROM generate_series(0, $2 - 1) n", stream, count)
@@ -53,7 +53,7 @@ async def test_many_filtered_subscribers_each_get_their_events(
             messages, sse.pending = sse.pending, []
             assert [envelope(m)["data"] for m in messages] == [{"n": n}]
             assert envelope(messages[0])["id"] == ids[n]
-    assert hub.delivered - delivered == count
+    assert hub.stats.delivered - delivered == count
 
 
 async def test_filtered_position_keeps_up(start_server: StartServer, db: asyncpg.Connection,
@@ -81,10 +81,10 @@ async def test_filtered_position_keeps_up(start_server: StartServer, db: asyncpg
     hub = server.app[HUB]
     # The reconnect replayed only the new match, not the skipped events.
     replay = url + f"&last_event_id={resume}&live=false"
-    before = hub.replayed
+    before = hub.stats.replayed
     async with open_stream(replay) as sse:
         assert [envelope(m)["id"] for m in await sse.rest()] == [rare]
-    assert hub.replayed - before == 1
+    assert hub.stats.replayed - before == 1
 
 
 # --- JSON pages ----------------------------------------------------------------

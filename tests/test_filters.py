@@ -552,7 +552,8 @@ def test_match_index_reaches_every_group_that_matches(docs: list[Any],
             reached = {group for group in Routes.reach(event, routes.routes(stream))
                        if group.selector.accepts(event)}
             expected = {group for index, group in enumerate(groups) if index not in removed
-                        and group.selector.matches(event)}
+                        and group.selector.matches_stream(event.stream)
+                        and group.selector.accepts(event)}
             assert reached == expected
     for index in set(range(len(groups))) - removed:
         routes.remove(groups[index])

@@ -99,7 +99,7 @@ async def test_large_replay_keeps_the_loop_responsive(start_server: StartServer,
     finally:
         quiet.close()
     assert counts == [EVENTS] * REPLAYERS
-    assert hub.replayed >= EVENTS * REPLAYERS
+    assert hub.stats.replayed >= EVENTS * REPLAYERS
     worst = max(lags)
     print(f"replayed {EVENTS * REPLAYERS} events in {elapsed:.1f} s; loop lag max "
           f"{worst * 1000:.1f} ms, p99 {sorted(lags)[int(len(lags) * 0.99)] * 1000:.1f} ms; "

@@ -105,11 +105,11 @@ async def test_one_shared_read_per_wakeup(start_server: StartServer, db: asyncpg
             sse = await context.__aenter__()
             await sse.until(lambda parser: parser.last_event_id != "")
             streams.append(sse)
-        reads, wakeups = hub.store.reads, hub.wakeups
+        reads, wakeups = hub.store.reads, hub.stats.wakeups
         ids = [await publish(db, stream, "t", {"n": n}) for n in range(100)]
         for sse in streams:
             assert [envelope(m)["id"] for m in await sse.take(100)] == ids
-        read_count, wakeup_count = hub.store.reads - reads, hub.wakeups - wakeups
+        read_count, wakeup_count = hub.store.reads - reads, hub.stats.wakeups - wakeups
         for context in contexts:
             await context.__aexit__(None, None, None)
     # One read per wake-up (each fits one page), and at most about one

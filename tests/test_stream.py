@@ -154,3 +154,16 @@ async def test_live_only_starts_after_subscription(start_server: StartServer,
         new = await publish(db, stream, "t", {"old": False})
         message = await sse.next()
     assert envelope(message)["id"] == new
+
+
+async def test_an_event_published_as_the_stream_opens_is_delivered(
+        start_server: StartServer, db: asyncpg.Connection, stream: str) -> None:
+    """New events only: the start position is fixed before the headers go
+    out, so an event published as soon as the stream is open (a browser's
+    `open` handler) comes after it. A long coalescing window delays the read
+    that fixes the position, which widened the window for the race."""
+    server = await start_server(coalesce_window=0.5)
+    async with open_stream(str(server.make_url(f"/streams/{stream}"))) as sse:
+        event_id = await publish(db, stream, "mine", {"n": 1})
+        messages = await sse.take(1, timeout=5)
+    assert envelope(messages[0])["id"] == event_id

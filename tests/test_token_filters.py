@@ -148,7 +148,7 @@ async def test_each_users_token_gets_its_own_events_live(start_server: StartServ
         for sse in streams:
             await joined(sse)
         # The request's own eq comes after the token's: the index is the token's.
-        groups = list(server.app[HUB]._groups.values())
+        groups = list(server.app[HUB]._index._groups.values())
         assert len(groups) == len(users)
         assert {group.path for group in groups} == {("user",)}
         ids = [row[0] for row in await db.fetch(
