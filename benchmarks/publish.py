@@ -36,9 +36,7 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,14 +46,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
+sys.path.append(str(ROOT / "tests"))  # server_process, shared with the tests
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import orjson  # noqa: E402
 
 from sse_stream.client import SseParser  # noqa: E402
-from sse_stream.embedded import free_port  # noqa: E402
 from sse_stream.migrate import migrate_dsn  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 PROBE_STREAM = "bench-probe"
 PROBE_PERIOD = 0.02
@@ -79,55 +78,6 @@ def _session_dsn(dsn: str, notify: bool) -> str:
     if notify:
         return dsn
     return dsn + ("&" if "?" in dsn else "?") + "sse_stream.notify=off"
-
-
-class Server:
-    """`sse-stream serve` as a subprocess on 127.0.0.1."""
-
-    def __init__(self, dsn: str, poll_interval: float, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sse_stream.cli", "serve", "--dsn", dsn, "--host", "127.0.0.1",
-             "--port", str(self.port), "--poll-interval", str(poll_interval), "--no-migrate",
-             "--heartbeat", "1", "--log-level", "WARNING"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    async def ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"sse-stream serve exited; see {self.log.name}")
-                try:
-                    async with session.get(self.url + "/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError("sse-stream serve did not become ready")
-                await asyncio.sleep(0.05)
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.log.close()
 
 
 class Probe:
@@ -289,7 +239,9 @@ async def _drop_table(dsn: str) -> None:
 async def run_mode(dsn: str, notify: bool, args: argparse.Namespace, log: Path) -> list[Result]:
     """Every scenario with one doorbell mode, against one server."""
     session_dsn = _session_dsn(dsn, notify)
-    server = Server(session_dsn, 1.0 if notify else args.poll_interval, log)
+    server = ServerProcess(session_dsn, log, "--poll-interval",
+                           str(1.0 if notify else args.poll_interval), "--no-migrate",
+                           "--heartbeat", "1", "--log-level", "WARNING")
     results = []
     try:
         await server.ready()

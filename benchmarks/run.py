@@ -1,11 +1,10 @@
 """sse-stream benchmarks: `python benchmarks/run.py SCENARIO [options]`.
 
-Scenarios: fanout, filtered, peruser, idle, replay, page, churn, hostile (see
-README "Benchmarks"). Each starts its own `sse-stream serve` process on
-127.0.0.1 (and, without --dsn, its own embedded PostgreSQL with fsync off),
-runs for a bounded time, prints a table and one JSON line (prefixed
-`RESULT `), and stops what it started by PID. The load generator runs in this
-process (benchmarks/loadgen.py).
+Scenarios: fanout, filtered, peruser, idle, replay, page, churn, hostile
+(see benchmarks/README.md). Each starts its own `sse-stream serve` process on 127.0.0.1 (and, without
+--dsn, its own embedded PostgreSQL with fsync off), runs for a bounded time,
+prints a table and one JSON line (prefixed `RESULT `), and stops what it
+started by PID. The load generator runs in this process (benchmarks/loadgen.py).
 
 The server under test: by default this checkout, run by this interpreter.
 `--server-python PATH --server-src DIR` (or the environment variables
@@ -87,11 +86,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # server_process
 from loadgen import SseConnection, connect, connect_many, percentile, raise_open_files  # noqa: E402
-from sse_stream.embedded import free_port  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 PAD = "x" * 110  # with seq, user_id and ts: about 200 bytes of data per event
 
 INSERT = """
@@ -163,58 +162,6 @@ class ServerSide:
                                f"{done.returncode}: {done.stderr.strip()[-2000:]}")
 
 
-class ServerProcess:
-    """`python -m sse_stream.cli serve` on 127.0.0.1, measured through /proc."""
-
-    def __init__(self, dsn: str, log: Path, side: ServerSide, *extra: str) -> None:
-        self.port = free_port()
-        self.log = log.open("ab")
-        self.process = subprocess.Popen(
-            side.command("serve", "--dsn", dsn, "--host", "127.0.0.1", "--port", str(self.port),
-                         "--log-level", "WARNING", *extra),
-            stdout=self.log, stderr=subprocess.STDOUT, env=side.env(), cwd=side.src)
-        self.pid = self.process.pid
-
-    async def ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}, "
-                                   f"see {self.log.name}")
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                status = await reader.readline()
-                writer.close()
-                if b" 200 " in status:
-                    return
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
-        raise TimeoutError("server not ready")
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime + stime
-
-    def memory_kib(self, key: str) -> int:
-        """VmRSS or VmHWM (peak RSS) of the server, in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        return 0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self.log.close()
-
-
 @dataclass
 class Setup:
     dsn: str
@@ -257,8 +204,8 @@ async def server(setup: Setup, *extra: str, profile: str | None = None
     A profile path ending in .txt gets py-spy's raw format (collapsed stacks,
     one line per stack with its sample count); anything else a flame graph SVG.
     """
-    process = ServerProcess(setup.dsn, setup.folder / "serve.log", setup.side, "--no-migrate",
-                            *extra)
+    process = ServerProcess(setup.dsn, setup.folder / "serve.log", "--log-level", "WARNING",
+                            "--no-migrate", *extra, python=setup.side.python, src=setup.side.src)
     spy = None
     try:
         await process.ready()

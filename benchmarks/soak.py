@@ -31,11 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,10 +47,12 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "tests"))  # server_process, shared with the tests
 
-from sse_stream.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from sse_stream.embedded import EmbeddedPostgres  # noqa: E402
 from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME  # noqa: E402
 from sse_stream.migrate import migrate_dsn  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 Predicate = Callable[[str, str, Any], bool]  # (stream, type, data) -> matches
 TAGS = ("red", "green", "blue")
@@ -273,70 +272,6 @@ async def kill_listeners(dsn: str, every: float, stop: asyncio.Event) -> tuple[i
     return attempts, kills
 
 
-# -- the server process ---------------------------------------------------------
-
-
-
-class Server:
-    """`sse-stream serve` as a child process, stopped by its PID."""
-
-    def __init__(self, dsn: str, port: int, log: Path) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log
-        self.log = log.open("wb")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sse_stream.cli", "serve", "--dsn", dsn, "--host", "127.0.0.1",
-             "--port", str(port), "--heartbeat", "1", "--no-migrate"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-    async def ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited; see {self.log_path}")
-                try:
-                    async with session.get(self.url + "/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the server did not get ready")
-                await asyncio.sleep(0.1)
-
-    def peak_rss(self) -> int:
-        """The process's peak resident set size in bytes (VmHWM)."""
-        return _status_kib(self.process.pid, "VmHWM") * 1024
-
-    def rss(self) -> int:
-        return _status_kib(self.process.pid, "VmRSS") * 1024
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self.log.close()
-
-    def errors(self) -> list[str]:
-        """Each error the server logged, with the lines that follow it."""
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return ["\n".join(lines[n:n + 40]) for n, line in enumerate(lines)
-                if "Traceback" in line or "ERROR" in line or "never retrieved" in line]
-
-
-def _status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 # -- the run ----------------------------------------------------------------------
 
 
@@ -365,7 +300,8 @@ async def run(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, An
     await migrate_dsn(dsn)
     rng = random.Random(args.seed)
     prefix = "soak" + uuid.uuid4().hex[:8]
-    server = Server(dsn, args.port or free_port(), workdir / "serve.log")
+    server = ServerProcess(dsn, workdir / "serve.log", "--heartbeat", "1", "--no-migrate",
+                           port=args.port or None)
     try:
         await server.ready()
         subscribers = [make_subscriber(n, prefix, rng) for n in range(args.subscribers)]
@@ -384,11 +320,11 @@ async def run(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, An
             rss_samples = []
             while time.monotonic() - started < args.duration:
                 await asyncio.sleep(min(5.0, args.duration))
-                rss_samples.append(server.rss())
+                rss_samples.append(server.memory_kib("VmRSS") * 1024)
                 if not args.json:
                     events = sum(w.events for w in writer_stats)
                     print(f"{time.monotonic() - started:6.0f} s  events {events:8d}  "
-                          f"rss {server.rss() / 2**20:6.1f} MiB", flush=True)
+                          f"rss {server.memory_kib('VmRSS') / 2**10:6.1f} MiB", flush=True)
             stop.set()
             await asyncio.gather(*writers)
             attempts, kills = await killer
@@ -433,8 +369,8 @@ async def run(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, An
             "listener_kill_attempts": attempts,
             "settle_s": round(settle, 1),
             "server_rss_first_mib": round(rss_samples[0] / 2**20, 1) if rss_samples else None,
-            "server_rss_last_mib": round(server.rss() / 2**20, 1),
-            "server_peak_rss_mib": round(server.peak_rss() / 2**20, 1),
+            "server_rss_last_mib": round(server.memory_kib("VmRSS") / 2**10, 1),
+            "server_peak_rss_mib": round(server.memory_kib("VmHWM") / 2**10, 1),
             **totals,
             "failed_subscribers": len(failed),
             "failures": failed[:10],

@@ -169,14 +169,7 @@ SELECT (SELECT count(*) FROM deleted) AS deleted,
 -- has checked every item (sse_stream/batch.py), so this skips the second
 -- check that sse_stream.publish_many makes for SQL callers (a third of the
 -- database's time per event); the table's CHECK constraints still hold.
-WITH written AS (
-    INSERT INTO sse_stream.events (stream, type, data)
-    SELECT $1, t.item ->> 'type', coalesce(t.item -> 'data', 'null'::jsonb)
-    FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS t(item, n)
-    ORDER BY t.n
-    RETURNING id
-)
-SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM written;
+SELECT sse_stream.insert_events($1, $2::jsonb);
 
 -- name: publish_idempotent
 -- The same, once per idempotency key in its scope (see sql/0004_isolation.sql).

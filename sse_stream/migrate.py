@@ -1,4 +1,11 @@
-"""Applies sql/NNNN_*.sql once each, in order, under an advisory lock."""
+"""Applies sql/NNNN_*.sql once each, in order, under an advisory lock.
+
+Every number not yet recorded in sse_stream.migrations is applied, lowest
+first, each in a transaction of its own: a number below one already applied
+(a migration that landed later) is applied at the next run. A migration that
+has shipped is frozen: it is never edited; a change is a new migration
+(sql/README.md).
+"""
 
 from __future__ import annotations
 

@@ -8,26 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from sse_stream.app import create_app  # noqa: E402
-from sse_stream.embedded import EmbeddedPostgres  # noqa: E402
-from sse_stream.migrate import migrate_dsn  # noqa: E402
-from sse_stream.settings import Settings  # noqa: E402
+from sse_stream.app import create_app
+from sse_stream.embedded import EmbeddedPostgres
+from sse_stream.migrate import migrate_dsn
+from sse_stream.settings import Settings
+from support import Serve, ServerProcess, StartServer, cluster, database
 
 
 @pytest.fixture(scope="session")
@@ -35,14 +29,8 @@ def postgres() -> Iterator[EmbeddedPostgres | None]:
     if os.environ.get("SSE_STREAM_TEST_DSN"):
         yield None
         return
-    folder = Path(tempfile.mkdtemp(prefix="sse-stream-test-"))
-    server = EmbeddedPostgres(folder / "pgdata", fast=True)
-    server.start()
-    try:
+    with cluster("sse-stream-test-") as server:
         yield server
-    finally:
-        server.stop("immediate")
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -75,16 +63,6 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
-async def publish(connection: asyncpg.Connection, stream: str, type_: str, data: Any) -> int:
-    value: int = await connection.fetchval(
-        "SELECT sse_stream.publish($1, $2, $3::text::jsonb)", stream, type_,
-        orjson.dumps(data).decode())
-    return value
-
-
-StartServer = Callable[..., Awaitable[TestServer]]
-
-
 @pytest.fixture
 async def start_server(dsn: str) -> AsyncIterator[StartServer]:
     """Start the real app on 127.0.0.1 with settings overrides."""
@@ -103,21 +81,33 @@ async def start_server(dsn: str) -> AsyncIterator[StartServer]:
 
 
 @pytest.fixture
+def serve(dsn: str, tmp_path: Path) -> Iterator[Serve]:
+    """Start `sse-stream serve` processes (`--heartbeat 0.5`; `port` and `dsn`
+    may be given), each stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*extra: str, port: int | None = None, dsn: str = dsn) -> ServerProcess:
+        server = ServerProcess(dsn, tmp_path / "serve.log", "--heartbeat", "0.5", *extra,
+                               port=port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def standby(embedded: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
+    """A hot standby of the embedded server, by streaming replication."""
+    with cluster("sse-stream-replica-", embedded.replica) as server:
+        yield server
+
+
+@pytest.fixture
 async def fresh_dsn(dsn: str) -> AsyncIterator[str]:
     """A database of its own, dropped after the test: for tests that prune, or
     fill the table, and so must not see or touch the other tests' events."""
-    name = "fresh_" + uuid.uuid4().hex[:10]
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    except asyncpg.InsufficientPrivilegeError:
-        await admin.close()
-        pytest.skip("cannot create a database with SSE_STREAM_TEST_DSN")
-    parts = urlsplit(dsn)
-    value = urlunsplit(parts._replace(path="/" + name))
-    await migrate_dsn(value)
-    try:
+    async with database(dsn) as value:
+        await migrate_dsn(value)
         yield value
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()

@@ -1,11 +1,12 @@
-"""Writers and resuming readers for the fault tests.
+"""Writers and resuming readers for the fault and gap tests.
 
-`Writer` publishes in short transactions (some rolled back) and rides out
-database outages by reconnecting. `Follower` is a client that keeps its last
-event id: it reconnects with Last-Event-ID whenever its stream ends or
-breaks, until it has as many events as the table holds. Both are bounded
-in time. The table is the truth: what a follower received is compared with
-`SELECT id ... ORDER BY xid, id`.
+`Writer` publishes in short transactions (some rolled back, each held open
+a little so that commits land out of id order) and rides out database
+outages by reconnecting. `Follower` is a client that keeps its last event
+id: it reconnects with Last-Event-ID whenever its stream ends or breaks (or
+hangs up by itself, as a flaky network would), until it has as many events
+as the table holds. Both are bounded in time. The table is the truth: what
+a follower received is compared with `support.table_ids`, the table's order.
 """
 
 from __future__ import annotations
@@ -22,26 +23,18 @@ from sse_stream.client import SseParser
 DISCONNECTED = (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError, EOFError)
 
 
-async def table_ids(dsn: str, stream: str, type_: str | None = None) -> list[int]:
-    connection = await asyncpg.connect(dsn)
-    try:
-        rows = await connection.fetch(
-            "SELECT id FROM sse_stream.events WHERE stream = $1 AND ($2::text IS NULL OR type = $2)"
-            " ORDER BY xid, id", stream, type_)
-    finally:
-        await connection.close()
-    return [row[0] for row in rows]
-
-
 class Writer:
-    """Publishes 1-3 events per transaction, 20% rolled back, until stopped."""
+    """Publishes 1-3 events per transaction, 20% rolled back, until stopped
+    or, with `transactions`, until it has run that many."""
 
-    def __init__(self, dsn: str, stream: str, seed: int) -> None:
+    def __init__(self, dsn: str, stream: str, seed: int, transactions: int = 0) -> None:
         self.dsn = dsn
         self.stream = stream
         self.rng = random.Random(seed)
+        self.limit = transactions
         self.transactions = 0
         self.failures = 0
+        self.committed: list[int] = []  # the ids of the transactions that committed
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -49,15 +42,19 @@ class Writer:
         self.task = asyncio.create_task(self._run())
         return self
 
+    async def wait(self, timeout: float = 60) -> None:
+        """Wait (bounded) until the writer has ended by itself or was stopped."""
+        assert self.task is not None
+        await asyncio.wait_for(self.task, timeout)
+
     async def finish(self) -> None:
         self.stop.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 60)
+        await self.wait()
 
     async def _run(self) -> None:
         connection: asyncpg.Connection | None = None
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not (self.limit and self.transactions >= self.limit):
                 try:
                     if connection is None:
                         connection = await asyncio.wait_for(asyncpg.connect(self.dsn), 5)
@@ -81,32 +78,39 @@ class Writer:
         # On an error the connection is dropped, which ends the transaction.
         transaction = connection.transaction()
         await transaction.start()
+        ids = []
         for _ in range(self.rng.randint(1, 3)):
-            await connection.fetchval(
+            ids.append(await connection.fetchval(
                 "SELECT sse_stream.publish($1, $2, $3::text::jsonb)", self.stream,
-                self.rng.choice(["a", "b"]), orjson.dumps({"s": "é€😀"}).decode())
+                self.rng.choice(["a", "b"]), orjson.dumps({"s": "é€😀"}).decode()))
         # Held open a little, so commits land out of id order.
         await connection.execute("SELECT pg_sleep($1)", self.rng.uniform(0, 0.005))
         if self.rng.random() < 0.2:
             await transaction.rollback()
         else:
             await transaction.commit()
+            self.committed.extend(ids)
 
 
 class Follower:
     """A client that keeps its last id and always resumes from it.
 
     With `hang_up` it also closes its own connection after a random 1 to
-    `hang_up` chunks, as a flaky network would.
+    `hang_up` chunks, as a flaky network would (often mid-frame); with
+    `hang_up_events`, after a random 1 to `hang_up_events` events. It waits
+    `pause` seconds before each reconnection.
     """
 
-    def __init__(self, url: str, start: str = "0", seed: int = 0, hang_up: int = 0) -> None:
+    def __init__(self, url: str, start: str = "0", seed: int = 0, hang_up: int = 0,
+                 hang_up_events: int = 0, pause: float = 0.05) -> None:
         self.url = url
         self.last_id = start
         self.ids: list[int] = []
         self.connections = 0
         self.rng = random.Random(seed)
         self.hang_up = hang_up
+        self.hang_up_events = hang_up_events
+        self.pause = pause
         self.target: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.task = asyncio.create_task(self._run())
 
@@ -129,7 +133,7 @@ class Follower:
                 except DISCONNECTED:
                     pass
                 if not self._done():
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(self.pause)
 
     async def _read(self, session: aiohttp.ClientSession) -> None:
         async with session.get(self.url, headers={"Last-Event-ID": self.last_id}) as response:
@@ -137,9 +141,15 @@ class Follower:
                 return
             parser = SseParser()
             chunks = self.rng.randint(1, self.hang_up) if self.hang_up else -1
+            events = self.rng.randint(1, self.hang_up_events) if self.hang_up_events else -1
             async for chunk in response.content.iter_any():
                 for message in parser.feed(chunk):
                     self.ids.append(orjson.loads(message.data)["id"])
+                    events -= 1
+                    if events == 0:
+                        # Resume after this event, not after the rest of the chunk.
+                        self.last_id = message.last_event_id or self.last_id
+                        return
                 # Only complete frames move the id; a cut frame is sent again.
                 self.last_id = parser.last_event_id or self.last_id
                 if self._done():

@@ -10,8 +10,8 @@ import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
+from support import StartServer, publish
 
 
 def _refs(node: Any) -> list[str]:

@@ -4,133 +4,39 @@ token expiry, the token command."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import hashlib
-import hmac
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import asyncpg
 import jwt
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
 from sse_stream import cli
-
-SECRET = "a-test-secret-of-at-least-32-bytes-long"
-
-
-def token(subscribe: list[str] | None = None, publish_: list[str] | None = None,
-          ttl: float | None = 300, key: Any = SECRET, algorithm: str = "HS256",
-          **claims: Any) -> str:
-    """A signed token; `ttl=None` leaves out `exp`."""
-    body: dict[str, Any] = {"sse_stream": {"subscribe": subscribe or [],
-                                           "publish": publish_ or []}}
-    if ttl is not None:
-        body["exp"] = int(time.time() + ttl)
-    body.update(claims)
-    return jwt.encode(body, key, algorithm=algorithm)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def handmade(header: dict[str, Any], claims: dict[str, Any], key: bytes | None) -> str:
-    """A JWT built by hand, for what PyJWT refuses to sign (alg none, HS with a PEM)."""
-    signing_input = _b64(orjson.dumps(header)) + "." + _b64(orjson.dumps(claims))
-    signature = b"" if key is None else hmac.new(key, signing_input.encode(),
-                                                 hashlib.sha256).digest()
-    return signing_input + "." + _b64(signature)
-
-
-@contextlib.asynccontextmanager
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    # A cookie jar that keeps cookies for 127.0.0.1 (an IP address).
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-        yield session
-
-
-async def request(server: TestServer, method: str, path: str, *,
-                  headers: dict[str, str] | CIMultiDict[str] | None = None,
-                  cookies: dict[str, str] | None = None,
-                  json: Any = None, data: Any = None) -> tuple[int, Any, Any]:
-    """One request; for a stream, the status and headers once the first bytes arrive.
-    A `data` body is sent as application/json unless `headers` name another type."""
-    if data is not None and "Content-Type" not in CIMultiDict(headers or {}):
-        headers = CIMultiDict(headers or {}, **{"Content-Type": "application/json"})
-    async with client() as session:
-        if cookies:
-            session.cookie_jar.update_cookies(cookies, server.make_url("/"))
-        async with session.request(method, server.make_url(path), headers=headers or {},
-                                   json=json, data=data,
-                                   timeout=aiohttp.ClientTimeout(total=10)) as response:
-            if response.content_type == "text/event-stream":
-                first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
-                return response.status, response.headers, first
-            body = await response.read()
-            if response.content_type in ("application/json", "application/problem+json"):
-                return response.status, response.headers, orjson.loads(body)
-            return response.status, response.headers, body
-
-
-def assert_problem(result: tuple[int, Any, Any], status: int, param: str) -> dict[str, Any]:
-    code, headers, body = result
-    assert code == status, body
-    assert headers["Content-Type"] == "application/problem+json"
-    assert body["status"] == status and body["param"] == param
-    assert {"type", "title", "detail"} <= set(body)
-    return dict(body)
-
-
-async def raw_request(server: TestServer, target: str, lines: list[bytes],
-                      method: str = "GET", host: bytes | None = b"127.0.0.1",
-                      body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.0 request written byte for byte (header values that are not
-    UTF-8, no Host at all); the server closes the connection after answering."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    try:
-        head = [f"{method} {target} HTTP/1.0".encode(), *lines]
-        if host is not None:
-            head.insert(1, b"Host: " + host)
-        if body:
-            head.append(b"Content-Length: %d" % len(body))
-        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head_bytes, _, content = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head_bytes.decode("latin-1").split("\r\n")
-    headers = {name.strip().lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in header_lines)}
-    return int(status_line.split()[1]), headers, content
-
-
-def assert_raw_problem(result: tuple[int, dict[str, str], bytes], status: int,
-                       param: str) -> dict[str, Any]:
-    code, headers, content = result
-    assert code == status, content
-    assert headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = orjson.loads(content)
-    assert body["status"] == status and body["param"] == param
-    return body
+from support import (
+    SECRET,
+    StartServer,
+    assert_problem,
+    assert_raw_problem,
+    b64url,
+    client,
+    count,
+    handmade,
+    publish,
+    raw_request,
+    request,
+    signed,
+    token,
+)
 
 
 @pytest.fixture
@@ -146,12 +52,6 @@ def keys(tmp_path: Path) -> dict[str, Any]:
         found[f"{name}_path"] = str(path)
         found[f"{name}_pem"] = pem
     return found
-
-
-async def count(db: asyncpg.Connection, stream: str) -> int:
-    value: int = await db.fetchval("SELECT count(*) FROM sse_stream.events WHERE stream = $1",
-                                   stream)
-    return value
 
 
 # -- tokens -------------------------------------------------------------------
@@ -232,13 +132,6 @@ async def test_bad_tokens_are_refused_with_401(start_server: StartServer, stream
                    401, "Authorization")
 
 
-def _sign(header: bytes, claims: bytes, key: bytes = SECRET.encode()) -> str:
-    """A JWT of exactly these header and claims bytes, signed with `key` (HS256)."""
-    signing_input = _b64(header) + "." + _b64(claims)
-    return signing_input + "." + _b64(hmac.new(key, signing_input.encode(),
-                                               hashlib.sha256).digest())
-
-
 async def test_malformed_tokens_are_401_never_500(start_server: StartServer,
                                                   stream: str) -> None:
     server = await start_server(jwt_secret=SECRET)
@@ -249,7 +142,7 @@ async def test_malformed_tokens_are_401_never_500(start_server: StartServer,
     deep = b"[" * 2000 + b"]" * 2000  # deeper than Python's recursion limit, within a header
 
     def unsigned(head: bytes, body: bytes = claims) -> str:
-        return f"{_b64(head)}.{_b64(body)}.{_b64(b'signature')}"
+        return f"{b64url(head)}.{b64url(body)}.{b64url(b'signature')}"
 
     cases = {
         "bad base64": "a!b.c$d.e%f",
@@ -266,17 +159,17 @@ async def test_malformed_tokens_are_401_never_500(start_server: StartServer,
         "kid a number": unsigned(b'{"alg":"HS256","kid":5}'),
         "crit junk": unsigned(b'{"alg":"HS256","crit":[1]}'),
         # Signed with the right secret: only the claims are wrong.
-        "claims not UTF-8": _sign(header, b"\xff\xfe"),
-        "claims not JSON": _sign(header, b"{"),
-        "claims an array": _sign(header, b"[1]"),
-        "claims too deep": _sign(header, b'{"exp":%d,"x":%s}' % (exp, deep)),
-        "exp a string": _sign(header, b'{"exp":"tomorrow"}'),
-        "exp Infinity": _sign(header, b'{"exp":Infinity}'),
-        "exp NaN": _sign(header, b'{"exp":NaN}'),
-        "sub a number": _sign(header, b'{"exp":%d,"sub":5}' % exp),
-        "claim a list": _sign(header, b'{"exp":%d,"sse_stream":[1]}' % exp),
-        "patterns a string": _sign(header, b'{"exp":%d,"sse_stream":{"subscribe":"x"}}' % exp),
-        "bad pattern": _sign(header, b'{"exp":%d,"sse_stream":{"subscribe":["a.>.b"]}}' % exp),
+        "claims not UTF-8": signed(header, b"\xff\xfe"),
+        "claims not JSON": signed(header, b"{"),
+        "claims an array": signed(header, b"[1]"),
+        "claims too deep": signed(header, b'{"exp":%d,"x":%s}' % (exp, deep)),
+        "exp a string": signed(header, b'{"exp":"tomorrow"}'),
+        "exp Infinity": signed(header, b'{"exp":Infinity}'),
+        "exp NaN": signed(header, b'{"exp":NaN}'),
+        "sub a number": signed(header, b'{"exp":%d,"sub":5}' % exp),
+        "claim a list": signed(header, b'{"exp":%d,"sse_stream":[1]}' % exp),
+        "patterns a string": signed(header, b'{"exp":%d,"sse_stream":{"subscribe":"x"}}' % exp),
+        "bad pattern": signed(header, b'{"exp":%d,"sse_stream":{"subscribe":["a.>.b"]}}' % exp),
     }
     for name, value in cases.items():
         for where in ("Authorization", "access_token"):
@@ -288,7 +181,7 @@ async def test_malformed_tokens_are_401_never_500(start_server: StartServer,
             assert result[0] == 401, (name, where, result)
             assert_problem(result, 401, where)
     # A signed exp beyond any date is a token that does not end: still no 500.
-    endless = _sign(header, b'{"exp":1%s,"sse_stream":{"subscribe":["%s"]}}'
+    endless = signed(header, b'{"exp":1%s,"sse_stream":{"subscribe":["%s"]}}'
                     % (b"0" * 400, stream.encode()))
     assert (await request(server, "GET", path,
                           headers={"Authorization": f"Bearer {endless}"}))[0] == 200

@@ -10,9 +10,9 @@ import asyncpg
 import orjson
 import pytest
 
-from conftest import StartServer
 from notifications import counting
 from sse import envelope, open_stream
+from support import StartServer
 
 Table = Callable[..., Awaitable[str]]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -10,9 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from conftest import StartServer, publish
 from sse_stream.client import ControlEvent, Message, SseParser, StreamEvent, SubscribeError, subscribe
 from sse_stream.handlers import HUB
+from support import StartServer, position_of, publish
 
 # (name, chunks fed one by one, expected messages (event, data, last_event_id),
 #  expected last_event_id after all chunks)
@@ -125,8 +127,7 @@ async def test_subscribe_types_filters_and_bare_id_updates(
         [event] = await _collect(events, 1)
         assert event.id == wanted
         skipped = await publish(db, stream, "b.two", {"x": 9})
-        position = await db.fetchval(
-            "SELECT xid::text || '-' || id FROM sse_stream.events WHERE id = $1", skipped)
+        position = await position_of(db, skipped)
         # The filtered stream's position moves past the skipped event (a bare
         # id line); the client exposes it while it waits for the next event.
         waiter = asyncio.ensure_future(_collect(events, 1, timeout=30))
@@ -148,9 +149,34 @@ async def test_subscribe_refused_input_raises(start_server: StartServer, stream:
     assert error.value.status == 400 and error.value.problem["param"] == "data.x"
 
 
+Respond = Callable[[web.Request, web.StreamResponse, int], Awaitable[None]]
+
+
+@asynccontextmanager
+async def scripted(respond: Respond) -> AsyncIterator[tuple[str, list[str | None]]]:
+    """A server whose n-th stream (from 1) `respond` writes: its URL, and the
+    Last-Event-ID of every request, in order."""
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Last-Event-ID"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await respond(request, response, len(seen))
+        return response
+
+    app = web.Application()
+    app.router.add_get("/streams/{streams}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")), seen
+    finally:
+        await server.close()
+
+
 async def test_subscribe_never_yields_twice_and_sends_last_id() -> None:
     """A server that repeats itself on reconnect: the client drops what it has yielded."""
-    seen_headers: list[str | None] = []
     bodies = [
         b"retry: 10\n\nid: 5-1\nevent: t\ndata: {\"id\":1,\"position\":\"5-1\"}\n\n"
         b"id: 5-2\nevent: t\ndata: {\"id\":2,\"position\":\"5-2\"}\n\nid: 6-0\n\n",
@@ -159,23 +185,13 @@ async def test_subscribe_never_yields_twice_and_sends_last_id() -> None:
         b"id: 7-3\nevent: t\ndata: {\"id\":3,\"position\":\"7-3\"}\n\n",
     ]
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        seen_headers.append(request.headers.get("Last-Event-ID"))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(bodies[min(len(seen_headers), len(bodies)) - 1])
+    async def respond(request: web.Request, response: web.StreamResponse, n: int) -> None:
+        await response.write(bodies[min(n, len(bodies)) - 1])
         await response.write_eof()
-        return response
 
-    app = web.Application()
-    app.router.add_get("/streams/{streams}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with subscribe(str(server.make_url("")), "s", last_event_id="4-0") as events:
+    async with scripted(respond) as (url, seen_headers):
+        async with subscribe(url, "s", last_event_id="4-0") as events:
             got = await _collect(events, 4)
-    finally:
-        await server.close()
     assert [(type(e).__name__, e.position) for e in got] == [
         ("StreamEvent", "5-1"), ("StreamEvent", "5-2"), ("ControlEvent", "7-0"), ("StreamEvent", "7-3")]
     gap = got[2]
@@ -188,29 +204,18 @@ async def test_subscribe_never_yields_twice_and_sends_last_id() -> None:
 
 async def test_subscribe_resumes_after_a_broken_connection() -> None:
     """A connection cut mid-stream (no clean end) is resumed with the last id."""
-    seen_headers: list[str | None] = []
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        seen_headers.append(request.headers.get("Last-Event-ID"))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        if len(seen_headers) == 1:
+    async def respond(request: web.Request, response: web.StreamResponse, n: int) -> None:
+        if n == 1:
             await response.write(b"retry: 10\n\nid: 1-1\nevent: t\ndata: {\"id\":1}\n\nid: 1-2\nevent: t\nda")
             assert request.transport is not None
             request.transport.abort()  # a reset, half an event on the wire
-            return response
+            return
         await response.write(b"id: 1-2\nevent: t\ndata: {\"id\":2}\n\n")
         await response.write_eof()
-        return response
 
-    app = web.Application()
-    app.router.add_get("/streams/{streams}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with subscribe(str(server.make_url("")), "s") as events:
+    async with scripted(respond) as (url, seen_headers):
+        async with subscribe(url, "s") as events:
             got = await _collect(events, 2)
-    finally:
-        await server.close()
     assert [e.id for e in got] == [1, 2]
     assert seen_headers[:2] == [None, "1-1"]

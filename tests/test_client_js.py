@@ -23,19 +23,25 @@ import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, Route, async_playwright
 
-from conftest import StartServer, publish
 from sse_stream.app import create_app
 from sse_stream.embedded import free_port
 from sse_stream.handlers import HUB
 from sse_stream.retention import prune
 from sse_stream.settings import Settings
 from sse_stream.store import EventStore
-from test_live_page import CHROMIUM, CHROMIUM_ARGS
-from test_serve import ServerProcess
+from support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SECRET,
+    Serve,
+    StartServer,
+    eventually,
+    needs_chromium,
+    publish,
+    table_ids,
+    token,
+)
 
-SECRET = "a test secret of forty bytes, no fewer!!"
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                    reason=f"{CHROMIUM} is absent (Debian package chromium)")
 
 HARNESS = """<!doctype html><meta charset="utf-8"><title>client.js harness</title>
 <script type="module">
@@ -108,17 +114,6 @@ async def open_harness(browser: Browser, origin: str, **functions: Any) -> Harne
     return Harness(page, errors)
 
 
-def token(stream: str, ttl: float = 300, **claim: Any) -> str:
-    body = {"sse_stream": {"subscribe": [stream], **claim}, "exp": int(time.time() + ttl)}
-    return jwt.encode(body, SECRET, algorithm="HS256")
-
-
-async def table_ids(db: asyncpg.Connection, stream: str) -> list[int]:
-    # One writer at a time in these tests: id order is the stream order.
-    rows = await db.fetch("SELECT id FROM sse_stream.events WHERE stream = $1 ORDER BY id", stream)
-    return [row["id"] for row in rows]
-
-
 # -- serving -----------------------------------------------------------------------------
 
 
@@ -186,9 +181,9 @@ async def test_parser_handles_any_line_end_and_any_chunk_boundary(
 @needs_chromium
 @pytest.mark.timeout(90)
 async def test_server_restart_mid_stream_loses_and_doubles_nothing(
-        browser: Browser, dsn: str, db: asyncpg.Connection, stream: str, tmp_path: Path) -> None:
+        browser: Browser, serve: Serve, db: asyncpg.Connection, stream: str) -> None:
     port = free_port()
-    server = ServerProcess(dsn, port, tmp_path / "serve.log", "--retry", "200")
+    server = serve("--retry", "200", port=port)
     try:
         await server.ready()
         harness = await open_harness(browser, server.url)
@@ -202,7 +197,7 @@ async def test_server_restart_mid_stream_loses_and_doubles_nothing(
         assert await asyncio.to_thread(server.stop) == 0  # ends every stream cleanly
         await harness.until("sub.state === 'reconnecting'", timeout=15)
         down = [await publish(db, stream, "order.shipped", {"n": n}) for n in range(5, 8)]
-        server = ServerProcess(dsn, port, tmp_path / "serve.log", "--retry", "200")
+        server = serve("--retry", "200", port=port)
         await server.ready()
         up = [await publish(db, stream, "order.created", {"n": n}) for n in range(8, 10)]
         await harness.until(f"got.some((e) => e.id === {up[-1]})", timeout=30)
@@ -322,11 +317,8 @@ async def test_pattern_over_several_types_delivers_all_in_order_then_close_stops
     # close() aborts the request: the server's stream ends.
     await harness.page.evaluate("sub.close()")
     assert await harness.get("sub.state") == "closed"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while server.app[HUB].subscriptions:
-        assert loop.time() < deadline, "the stream stayed open after close()"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: not server.app[HUB].subscriptions, 10,
+                     "the stream stayed open after close()")
     assert harness.page_errors == []
 
 
@@ -335,7 +327,7 @@ async def test_pattern_over_several_types_delivers_all_in_order_then_close_stops
 async def test_refusals_401_asks_token_again_403_closes(
         browser: Browser, start_server: StartServer, db: asyncpg.Connection, stream: str) -> None:
     server = await start_server(jwt_secret=SECRET)
-    tokens = iter(["not-a-token", token(stream)])
+    tokens = iter(["not-a-token", token([stream])])
     harness = await open_harness(browser, str(server.make_url("")).rstrip("/"),
                                  mintToken=lambda: next(tokens))
     first = await publish(db, stream, "t", {})
@@ -344,7 +336,7 @@ async def test_refusals_401_asks_token_again_403_closes(
     errors = await harness.get("errors")
     assert [(e["status"], e["fatal"]) for e in errors] == [(401, False)]
 
-    await harness.start(f"/streams/{stream}.other", token=token(stream))
+    await harness.start(f"/streams/{stream}.other", token=token([stream]))
     await harness.until("sub.state === 'closed'")
     errors = await harness.get("errors")
     assert [(e["status"], e["fatal"]) for e in errors] == [(403, True)]
@@ -356,7 +348,7 @@ async def test_refusals_401_asks_token_again_403_closes(
 async def test_where_claim_restricts_what_the_page_sees(
         browser: Browser, start_server: StartServer, db: asyncpg.Connection, stream: str) -> None:
     server = await start_server(jwt_secret=SECRET)
-    bound = token(stream, where=["data.customer_id=eq.42"])
+    bound = token([stream], where=["data.customer_id=eq.42"])
     events = [(await publish(db, stream, "order.created", {"customer_id": c}), c)
               for c in (42, 7, 42, 7)]
 

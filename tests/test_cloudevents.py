@@ -9,10 +9,10 @@ import aiohttp
 import asyncpg
 import orjson
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
 from sse_stream.events import Event
 from sse_stream.response import event_frame
+from support import StartServer, publish
 
 _ATTRIBUTE = re.compile(r"[a-z0-9]{1,20}")
 

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from sse_stream.embedded import PASSWORD_FILE, EmbeddedPostgres
+from support import cluster
 
 
 @pytest.fixture(autouse=True)
@@ -32,14 +33,8 @@ def no_client_password(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fresh() -> Iterator[EmbeddedPostgres]:
-    folder = Path(tempfile.mkdtemp(prefix="sse-stream-embedded-"))
-    server = EmbeddedPostgres(folder / "pgdata", fast=True)
-    server.start()
-    try:
+    with cluster("sse-stream-embedded-") as server:
         yield server
-    finally:
-        server.stop("immediate")
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _assert_tcp_needs_the_password(server: EmbeddedPostgres) -> None:

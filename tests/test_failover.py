@@ -13,16 +13,15 @@ import asyncio
 import asyncpg
 from aiohttp.test_utils import TestServer
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
 from sse_stream.app import create_app
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.settings import Settings
-from test_replica import _replayed, standby  # noqa: F401 (the standby fixture)
+from support import StartServer, publish, replicated
 
 
 async def test_failover_to_a_promoted_standby(start_server: StartServer, db: asyncpg.Connection,
-                                              standby: EmbeddedPostgres,  # noqa: F811
+                                              standby: EmbeddedPostgres,
                                               stream: str) -> None:
     old = await start_server()
     live_url = str(old.make_url(f"/streams/{stream}"))
@@ -36,7 +35,7 @@ async def test_failover_to_a_promoted_standby(start_server: StartServer, db: asy
 
     replica = await asyncpg.connect(standby.dsn)
     try:
-        await _replayed(replica, stream, len(before))
+        await replicated(replica, stream, len(before))
     finally:
         await replica.close()
     await old.close()

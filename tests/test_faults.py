@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 
 import asyncpg
 import pytest
 
-from conftest import StartServer, publish
-from load import Follower, Writer, table_ids
+from load import Follower, Writer
 from raw import RawStream
 from sse import envelope, open_stream
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.handlers import HUB, LISTENER
 from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME
 from sse_stream.store import APPLICATION_NAME as POOL_NAME
-from test_resilience import _eventually
 from sse_stream.embedded import free_port
-from test_serve import ServerProcess, serve  # noqa: F401 (the serve fixture)
+from support import Serve, StartServer, eventually, publish, stalled, table_ids
 
 
 async def terminate_backends(dsn: str, application_name: str) -> int:
@@ -44,8 +41,16 @@ async def terminate_backends(dsn: str, application_name: str) -> int:
 async def _progress(writers: list[Writer], transactions: int, timeout: float = 30) -> None:
     """Wait (bounded) until the writers have committed or rolled back more."""
     start = sum(w.transactions for w in writers)
-    await _eventually(lambda: sum(w.transactions for w in writers) >= start + transactions,
+    await eventually(lambda: sum(w.transactions for w in writers) >= start + transactions,
                       timeout)
+
+
+def _start_load(url: str, dsn: str, stream: str,
+                flaky_seed: int) -> tuple[Follower, Follower, Follower, list[Writer]]:
+    """Three writers, and three followers: one that stays, one that hangs up
+    by itself, one filtered by type."""
+    return (Follower(url), Follower(url, seed=flaky_seed, hang_up=3), Follower(url + "?type=a"),
+            [Writer(dsn, stream, seed).start() for seed in range(3)])
 
 
 async def _check(dsn: str, stream: str, followers: list[Follower],
@@ -68,14 +73,11 @@ async def test_database_fault_mid_stream(fault: str, request: pytest.FixtureRequ
         request.getfixturevalue("embedded") if fault == "postgres_restart" else None)
     server = await start_server(heartbeat=0.3, poll_interval=0.5)
     hub, listener = server.app[HUB], server.app[LISTENER]
-    await _eventually(lambda: hub.ready and listener.connected)
+    await eventually(lambda: hub.ready and listener.connected)
     url = str(server.make_url(f"/streams/{stream}"))
-    steady = Follower(url)
-    flaky = Follower(url, seed=7, hang_up=3)
-    typed = Follower(url + "?type=a")
-    writers = [Writer(dsn, stream, seed).start() for seed in range(3)]
+    steady, flaky, typed, writers = _start_load(url, dsn, stream, flaky_seed=7)
     try:
-        await _eventually(lambda: len(steady.ids) >= 20)
+        await eventually(lambda: len(steady.ids) >= 20)
         if fault == "postgres_restart":
             assert embedded is not None
             await asyncio.to_thread(embedded.restart, "fast")
@@ -85,7 +87,7 @@ async def test_database_fault_mid_stream(fault: str, request: pytest.FixtureRequ
             for _ in range(3):
                 assert await terminate_backends(dsn, name) >= 1
                 await _progress(writers, 10)
-                await _eventually(lambda: hub.ready and listener.connected)
+                await eventually(lambda: hub.ready and listener.connected)
     finally:
         for writer in writers:
             await writer.finish()
@@ -97,22 +99,19 @@ async def test_database_fault_mid_stream(fault: str, request: pytest.FixtureRequ
         assert listener.reconnects >= 3
 
 
-async def test_server_killed_mid_stream(serve, dsn: str, stream: str) -> None:  # noqa: F811
+async def test_server_killed_mid_stream(serve: Serve, dsn: str, stream: str) -> None:
     port = free_port()
-    server: ServerProcess = serve(port)
+    server = serve(port=port)
     await server.ready()
     url = f"{server.url}/streams/{stream}"
-    steady = Follower(url)
-    flaky = Follower(url, seed=3, hang_up=3)
-    typed = Follower(url + "?type=a")
-    writers = [Writer(dsn, stream, seed).start() for seed in range(3)]
+    steady, flaky, typed, writers = _start_load(url, dsn, stream, flaky_seed=3)
     try:
-        await _eventually(lambda: len(steady.ids) >= 20)
+        await eventually(lambda: len(steady.ids) >= 20)
         server.process.kill()
         assert await asyncio.to_thread(server.process.wait, 10) == -9
         # Committed while no server runs: the clients get them on resuming.
         await _progress(writers, 20)
-        restarted: ServerProcess = serve(port)
+        restarted = serve(port=port)
         await restarted.ready()
         await _progress(writers, 20)
     finally:
@@ -122,6 +121,18 @@ async def test_server_killed_mid_stream(serve, dsn: str, stream: str) -> None:  
     assert steady.connections >= 2 and typed.connections >= 2
 
 
+async def _read_to_end(url: str, headers: dict[str, str] | None = None) -> RawStream:
+    """A stream read until the server ends it (a `live=false` replay)."""
+    stream = await RawStream.open(url, headers)
+    try:
+        await stream.read_until(lambda: stream.ended)
+    except EOFError:
+        pass
+    finally:
+        stream.close()
+    return stream
+
+
 async def test_disconnect_at_every_byte_of_the_framing(start_server: StartServer,
                                                        db: asyncpg.Connection, stream: str) -> None:
     """Hang up after N bytes for every N across the first frames, then resume."""
@@ -129,13 +140,7 @@ async def test_disconnect_at_every_byte_of_the_framing(start_server: StartServer
     hub = server.app[HUB]
     ids = [await publish(db, stream, "t", {"n": n, "s": "é€😀"}) for n in range(3)]
     url = str(server.make_url(f"/streams/{stream}?last_event_id=0"))
-    whole = await RawStream.open(url + "&live=false")
-    try:
-        await whole.read_until(lambda: whole.ended)
-    except EOFError:
-        pass
-    finally:
-        whole.close()
+    whole = await _read_to_end(url + "&live=false")
     assert [envelope(m)["id"] for m in whole.messages] == ids
     # The retry line and the three event frames (the stream then ends with
     # a bare id line at the snapshot horizon, which may move between runs).
@@ -150,17 +155,11 @@ async def test_disconnect_at_every_byte_of_the_framing(start_server: StartServer
         assert first.body[:cut] == framed[:cut]
         received = [envelope(m)["id"] for m in first.messages]
         last_id = first.parser.last_event_id
-        rest = await RawStream.open(url + "&live=false",
-                                    {"Last-Event-ID": last_id} if last_id else None)
-        try:
-            await rest.read_until(lambda: rest.ended)
-        except EOFError:
-            pass
-        finally:
-            rest.close()
+        rest = await _read_to_end(url + "&live=false",
+                                  {"Last-Event-ID": last_id} if last_id else None)
         assert received + [envelope(m)["id"] for m in rest.messages] == ids, cut
     # Every stream cut short was cleaned up.
-    await _eventually(lambda: not hub.subscriptions)
+    await eventually(lambda: not hub.subscriptions)
 
 
 async def test_network_stall_longer_than_the_heartbeat(start_server: StartServer,
@@ -168,13 +167,8 @@ async def test_network_stall_longer_than_the_heartbeat(start_server: StartServer
     """The client stops reading for many heartbeats while events flow."""
     server = await start_server(heartbeat=0.2)
     hub = server.app[HUB]
-    client = await RawStream.open(str(server.make_url(f"/streams/{stream}")), rcvbuf=4096)
+    client, subscription = await stalled(hub, str(server.make_url(f"/streams/{stream}")), 8192)
     try:
-        await client.read_until(lambda: client.parser.last_event_id != "")
-        await _eventually(lambda: len(hub.subscriptions) == 1)
-        subscription = next(iter(hub.subscriptions))
-        transport = subscription.response._req.transport  # type: ignore[union-attr]
-        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
         loop = asyncio.get_running_loop()
         stalled_until = loop.time() + 1.5  # more than seven heartbeats
         ids: list[int] = []
@@ -186,8 +180,7 @@ async def test_network_stall_longer_than_the_heartbeat(start_server: StartServer
         assert len(client.messages) == 0
         await client.read_until(lambda: len(client.messages) >= len(ids), timeout=30)
         assert [envelope(m)["id"] for m in client.messages] == ids
-        assert ids == [row[0] for row in await db.fetch(
-            "SELECT id FROM sse_stream.events WHERE stream = $1 ORDER BY xid, id", stream)]
+        assert ids == await table_ids(db, stream)
         # Still open and still live: keepalives come during the silence after.
         comments = client.parser.comments
         await client.read_until(lambda: client.parser.comments >= comments + 2)
@@ -206,10 +199,10 @@ async def test_listener_survives_kills_during_its_health_check(
     async with open_stream(str(server.make_url(f"/streams/{stream}"))) as sse:
         await sse.until(lambda parser: parser.last_event_id != "")
         for _ in range(60):
-            await _eventually(lambda: listener.connected)
+            await eventually(lambda: listener.connected)
             await asyncio.sleep(rng.uniform(0, 0.01))
             await terminate_backends(dsn, LISTENER_NAME)
-        await _eventually(lambda: listener.connected)
+        await eventually(lambda: listener.connected)
         first = await publish(db, stream, "t", {})
         assert envelope(await sse.next(timeout=5))["id"] == first
     assert listener.reconnects >= 30

@@ -11,17 +11,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
 from sse_stream.client import SseParser
 from sse_stream.events import parse_position
 from sse_stream.handlers import HUB
-
-
-async def position_of(db: asyncpg.Connection, event_id: int) -> str:
-    value: str = await db.fetchval(
-        "SELECT xid::text || '-' || id FROM sse_stream.events WHERE id = $1", event_id)
-    return value
+from support import StartServer, position_of, publish
 
 
 async def test_many_filtered_subscribers_each_get_their_events(

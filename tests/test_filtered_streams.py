@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -21,20 +20,22 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import StartServer
-from sse import Message, Stream, open_stream
-from sse_stream.events import parse_position
+from sse import Stream, open_stream
 from sse_stream.filters import parse_data_filters
 from sse_stream.patterns import parse_type_filter
-from test_filters import Pairs, documents, dump, filter_pairs, leaves
-
-T = TypeVar("T")
-
-
-def event_id(message: Message) -> int:
-    # json, not orjson: an envelope may carry a number beyond a double.
-    value: int = json.loads(message.data)["id"]
-    return value
+from support import (
+    Pairs,
+    StartServer,
+    documents,
+    dump,
+    event_id,
+    filter_pairs,
+    leaves,
+    live_until,
+    position_of,
+    publish_texts,
+    runner,
+)
 
 EVENTS_PER_EXAMPLE = 20
 FILTERS_PER_EXAMPLE = 20
@@ -72,11 +73,8 @@ async def publish_all(db: asyncpg.Connection, stream: str, types: list[str],
     ids: list[int] = []
     third = max(1, len(texts) // 3)
     for start in range(0, len(texts), third):
-        rows = await db.fetch(
-            "SELECT sse_stream.publish($1, t.type, t.data::jsonb) FROM"
-            " unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(type, data, n) ORDER BY t.n",
-            stream, types[start:start + third], texts[start:start + third])
-        ids.extend(row[0] for row in rows)
+        ids += await publish_texts(db, stream, types[start:start + third],
+                                   texts[start:start + third])
     return ids
 
 
@@ -98,23 +96,6 @@ async def page_ids(session: aiohttp.ClientSession, server: TestServer, stream: s
     return [event["id"] for event in page["events"]]
 
 
-async def live_ids(sse: Stream, last_position: str) -> list[int]:
-    """What a live subscriber got up to the last published event: it ends
-    with that event or with a bare id: line at or beyond it (heartbeat)."""
-    last = parse_position(last_position)
-    ids: list[int] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not sse.parser.last_event_id or parse_position(sse.parser.last_event_id) < last:
-        for message in sse.pending:
-            ids.append(event_id(message))
-        sse.pending.clear()
-        await sse._fill(max(0.001, deadline - loop.time()))
-    ids.extend(event_id(m) for m in sse.pending)
-    sse.pending.clear()
-    return ids
-
-
 async def check_filters(server: TestServer, db: asyncpg.Connection, types: list[str],
                         texts: list[str], filter_sets: list[Pairs]) -> None:
     """Publish once into a fresh stream and check every filter set against it."""
@@ -130,13 +111,12 @@ async def check_filters(server: TestServer, db: asyncpg.Connection, types: list[
             await sse.until(lambda parser: parser.last_event_id != "")
         ids = await publish_all(db, stream, types, texts)
         published = Published(ids, types, texts)
-        last_position = await db.fetchval(
-            "SELECT xid::text || '-' || id FROM sse_stream.events WHERE id = $1", ids[-1])
+        last_position = await position_of(db, ids[-1])
         for pairs, sse in zip(filter_sets, live):
             expected = expected_ids(published, pairs)
             assert await replay_ids(session, server, stream, pairs) == expected, pairs
             assert await page_ids(session, server, stream, pairs) == expected, pairs
-            assert await live_ids(sse, last_position) == expected, pairs
+            assert await live_until(sse, last_position, timeout=5) == expected, pairs
 
 
 type_values = st.lists(st.sampled_from(TYPE_FILTERS), min_size=1, max_size=2)
@@ -176,15 +156,8 @@ async def test_regressions(start_server: StartServer, db: asyncpg.Connection) ->
 async def test_replay_python_and_live_agree(start_server: StartServer,
                                             db: asyncpg.Connection) -> None:
     server = await start_server(heartbeat=0.2)
-    loop = asyncio.get_running_loop()
+    run = runner(asyncio.get_running_loop())
     cases = 0
-
-    def run(coroutine: Awaitable[T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, loop)  # type: ignore[arg-type]
-        try:
-            return future.result(30)
-        finally:
-            future.cancel()
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -28,9 +27,7 @@ from sse_stream.filters import (
 from sse_stream.patterns import parse_pattern_list, parse_type_filter
 from sse_stream.routing import Group, Routes
 from sse_stream.subscription import Selector
-
-Pairs = list[tuple[str, str]]
-
+from support import EDGE_NUMBERS, Leaves, Pairs, documents, dump, filter_pairs, leaves
 
 def parse(*pairs: tuple[str, str]) -> DataFilter:
     result = parse_data_filters(list(pairs))
@@ -348,153 +345,6 @@ def test_semantics_in_sql(sql_results: SqlResults, data: Any, pairs: Pairs, expe
     data_filter = parse(*pairs)
     ((_, in_sql),) = sql_results(data_filter, [json.dumps(data)])
     assert in_sql is expected
-
-
-class RawNumber(str):
-    """A JSON number written exactly as given (beyond what floats can say)."""
-
-
-def dump(value: Any) -> str:
-    if isinstance(value, RawNumber):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{dump(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(dump(v) for v in value) + "]"
-    return json.dumps(value)
-
-
-KEYS = ["a", "b", "c", "0"]
-HALF_MIN_SUBNORMAL = f"{5**1075}e-1075"
-EDGE_NUMBERS = [
-    "0.1000000000000000055511151231257827", "1e-400", "-1e-400", "1e400", "-1e400", "1.0",
-    "-0", "-0.0", "1E+2", "9007199254740993.0", "123456789012345678901234567890",
-    HALF_MIN_SUBNORMAL, "2.4703282292062328e-324", "2.4703282292062327e-324", "5e-324",
-    "1.7976931348623157e308", "1.7976931348623158e308", "1.797693134862315807e308",
-    str(2**1024 - 2**970), str(2**1024 - 2**970 - 1), "-" + str(2**1024 - 2**970 - 1),
-    str(2**63 - 1), str(2**63), str(-(2**63)), str(-(2**63) - 1), str(2**64 - 1), str(2**64),
-    "18446744073709551615.0", "0.30000000000000004", "1e16", "1.5e300",
-]
-EDGE_TEXTS = [
-    "10", "1e3", " 5", "5 ", "+5", "05", ".5", "5.", "abc", "", "true", "false", "null", "42",
-    "042", "1.0", "-0", "0", "0.1", "0.3", "é", "Z", "a,b", "(x)", 'q"', "\\", "\U0001F600",
-    "\uffff", "NaN", "Infinity", "1e99999999999999999999999", "-1e99999999999999999999999",
-    "1e-99999999999999999999999", "9007199254740992", "9007199254740993",
-]
-
-
-@st.composite
-def decimal_texts(draw: st.DrawFn) -> str:
-    mantissa = draw(st.integers(1, 10**25))
-    exponent = draw(st.integers(-345, 310))
-    sign = draw(st.sampled_from(["", "-"]))
-    return f"{sign}{mantissa}e{exponent}"
-
-
-small_ints = st.integers(-3, 3)
-numbers = st.one_of(
-    small_ints,
-    st.integers(-(2**70), 2**70),
-    st.sampled_from([2**53 + 1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64 - 1, 2**64]),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from([0.5, -1.5, 0.1, 1e16, 2.0**70]),
-    st.sampled_from(EDGE_NUMBERS).map(RawNumber),
-    decimal_texts().map(RawNumber),
-)
-texts = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
-                max_size=4)
-strings = st.one_of(st.sampled_from(EDGE_TEXTS), texts)
-scalars = st.one_of(numbers, strings, st.booleans(), st.none())
-values = st.recursive(
-    scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.sampled_from(KEYS), inner, max_size=3)),
-    max_leaves=8)
-documents = st.one_of(st.dictionaries(st.sampled_from(KEYS), values, min_size=1, max_size=4), values)
-
-VALUE_TEXTS = st.one_of(
-    st.sampled_from(EDGE_TEXTS),
-    st.sampled_from(EDGE_NUMBERS),
-    small_ints.map(str),
-    st.integers(-(2**70), 2**70).map(str),
-    st.floats(allow_nan=False, allow_infinity=False).map(repr),
-    decimal_texts(),
-    texts,
-)
-
-
-def list_item(value: str, quoted: bool) -> str:
-    if quoted or not value or any(c in value for c in ',()"'):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value
-
-
-Leaves = list[tuple[str, list[str]]]
-
-
-def leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, list[str]]]:
-    """Each scalar's path with value texts near it, so filters often hit."""
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            yield from leaves(inner, path + (key,))
-        return
-    if not path or isinstance(value, list) or value is None:
-        return
-    text = "true" if value is True else "false" if value is False else (
-        value if isinstance(value, str) and not isinstance(value, RawNumber) else dump(value))
-    near = [text, text + "0", text[:-1], text + "a", text.swapcase(), "Z", "a", "é", "_", "-"]
-    if isinstance(value, (int, float, RawNumber)) and not isinstance(value, bool):
-        exact = Decimal(text)
-        near += [f"{text}.0" if "." not in text and "e" not in text.lower() else text + "1",
-                 str(exact + 1), str(exact - 1), str(exact * 2), format(exact, "f")[:18]]
-        if isinstance(value, float):
-            near += [repr(math.nextafter(value, math.inf)), repr(math.nextafter(value, -math.inf)),
-                     format(value, ".17g"), format(value, ".25g")]
-    yield ".".join(path), near
-
-
-@st.composite
-def condition_texts(draw: st.DrawFn, in_or: bool, hints: Leaves) -> tuple[str, str]:
-    """(path, `[not.]op.value`) written as a client would."""
-    hint: tuple[str, list[str]] | None = None
-    if draw(st.integers(0, 3)) and hints:
-        hint = draw(st.sampled_from(hints))
-    value_texts = near_texts = VALUE_TEXTS
-    if hint is None:
-        path = ".".join(draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=3)))
-    else:
-        path = hint[0]
-        near_texts = st.sampled_from(hint[1])
-        value_texts = st.one_of(near_texts, VALUE_TEXTS)
-    op = draw(st.sampled_from(["eq", "neq", "gt", "gte", "lt", "lte", "in", "is"]))
-    prefix = "not." if draw(st.booleans()) else ""
-    if op == "is":
-        operand = draw(st.sampled_from(["null", "true", "false"]))
-    elif op == "in":
-        items = draw(st.lists(st.tuples(value_texts, st.booleans()), max_size=4))
-        operand = "(" + ",".join(list_item(v, q) for v, q in items) + ")"
-    else:
-        value = draw(near_texts if hint and draw(st.booleans()) else value_texts)
-        if in_or:
-            value = list_item(value, draw(st.booleans())) if value else value
-        operand = value
-    return path, f"{prefix}{op}.{operand}"
-
-
-@st.composite
-def filter_pairs(draw: st.DrawFn, hints: Leaves) -> Pairs:
-    pairs: Pairs = []
-    for path, operation in draw(st.lists(condition_texts(False, hints), max_size=3)):
-        pairs.append((f"data.{path}", operation))
-    for group in draw(st.lists(st.lists(condition_texts(True, hints), min_size=1, max_size=3),
-                               max_size=2)):
-        pairs.append(("or", "(" + ",".join(f"data.{p}.{o}" for p, o in group) + ")"))
-    if not pairs:
-        path, operation = draw(condition_texts(False, hints))
-        pairs.append((f"data.{path}", operation))
-    return pairs
 
 
 @settings(max_examples=1000, deadline=None, database=None,

@@ -22,9 +22,6 @@ that the server survives them.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import os
 import socket
@@ -48,6 +45,7 @@ from sse_stream.app import create_app
 from sse_stream.client import SseParser
 from sse_stream.patterns import is_stream_name
 from sse_stream.settings import Settings
+from support import b64url, signed
 
 STATISTICS: Counter[str] = Counter()
 EXAMPLES = int(os.environ.get("SSE_STREAM_FUZZ_EXAMPLES", "150"))
@@ -382,16 +380,6 @@ def keyed(dsn: str) -> Iterator[LiveServer]:
         server.close()
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _signed(header: bytes, claims: bytes) -> str:
-    signing_input = _b64(header) + "." + _b64(claims)
-    digest = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
-    return signing_input + "." + _b64(digest)
-
-
 claim_values = st.one_of(json_values, st.integers(-(2**70), 2**70),
                          st.sampled_from([time.time() + 300, "fuzz", ["fuzz"], ["x", "fuzz"],
                                           "fuzz-issuer", 1e308, -1]))
@@ -433,12 +421,13 @@ def tokens(draw: st.DrawFn) -> str:
     if kind == "text":
         return draw(st.one_of(latin1, st.text(max_size=40)))
     if kind == "segments":
-        parts = draw(st.lists(st.one_of(jose_headers.map(_b64), claim_bytes.map(_b64), latin1),
+        parts = draw(st.lists(st.one_of(jose_headers.map(b64url), claim_bytes.map(b64url), latin1),
                               min_size=1, max_size=4))
         return ".".join(parts)
     if kind == "signed":
-        return _signed(draw(jose_headers), draw(claim_bytes))
-    token = _signed(b'{"alg":"HS256","typ":"JWT"}', json.dumps(draw(accepted_claims)).encode())
+        return signed(draw(jose_headers), draw(claim_bytes), SECRET.encode())
+    token = signed(b'{"alg":"HS256","typ":"JWT"}', json.dumps(draw(accepted_claims)).encode(),
+                   SECRET.encode())
     if kind == "mutated":
         at = draw(st.integers(0, len(token)))
         token = token[:at] + draw(latin1.map(lambda t: t[:3])) + token[at + 1:]

@@ -20,19 +20,16 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import jwt
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
 from sse_stream.client import Message
-from test_serve import ServerProcess
 from sse_stream.app import create_app
-from sse_stream.embedded import EmbeddedPostgres, free_port
+from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.events import decode_data
 from sse_stream.handlers import STORE
 from sse_stream.migrate import migrate_dsn
@@ -40,6 +37,7 @@ from sse_stream.patterns import SubjectTree, parse_pattern
 from sse_stream.retention import prune
 from sse_stream.settings import Settings
 from sse_stream.store import EventStore, _row_events
+from support import SECRET, Serve, StartServer, bearer, eventually, publish, table_ids, token
 
 DEEP = 5000  # levels: deeper than orjson (1024) or Python's recursion limit take
 POISON = {
@@ -56,14 +54,6 @@ def _id(message: Message) -> int:
     match = re.match(r'\{"id":([0-9]+),', message.data)
     assert match is not None, message.data[:100]
     return int(match.group(1))
-
-
-async def _eventually(check: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def _write_poison(db: asyncpg.Connection, writer: str, stream: str, expression: str) -> int:
@@ -295,7 +285,7 @@ async def test_busy_read_capacity_is_a_503_and_publishing_keeps_its_own(
     async with _reads_held(dsn) as transaction:
         async with aiohttp.ClientSession() as session:
             held = asyncio.create_task(session.get(url))
-            await _eventually(lambda: server.app[STORE].reads_capacity.waiting == 0
+            await eventually(lambda: server.app[STORE].reads_capacity.waiting == 0
                               and server.app[STORE].reads_capacity._slots.locked())
             async with session.get(url) as response:
                 assert response.status == 503
@@ -329,7 +319,7 @@ async def test_a_statement_past_its_timeout_is_a_503(start_server: StartServer,
 
 @pytest.mark.slow
 async def test_heavy_readers_never_starve_live_delivery_or_publishing(
-        fresh_dsn: str, tmp_path: Path) -> None:
+        fresh_dsn: str, serve: Serve) -> None:
     """1,000,000 rows; 10 page loops and 8 replays over a filter that matches
     nothing; meanwhile 20 events to another stream arrive live within 1 s and
     every publish answers within 1 s."""
@@ -345,7 +335,7 @@ async def test_heavy_readers_never_starve_live_delivery_or_publishing(
         await connection.execute("VACUUM ANALYZE sse_stream.events")
     finally:
         await connection.close()
-    server = ServerProcess(fresh_dsn, free_port(), tmp_path / "serve.log")
+    server = serve(dsn=fresh_dsn)
     try:
         await server.ready()
         await _starvation_run(server.url)
@@ -390,7 +380,7 @@ async def _starvation_run(url: str) -> None:
         hostile = [asyncio.create_task(page_loop(session)) for _ in range(10)]
         hostile += [asyncio.create_task(replay(session)) for _ in range(8)]
         try:
-            await _eventually(lambda: served["pages"] >= 20 and served["replays"] >= 8, 30)
+            await eventually(lambda: served["pages"] >= 20 and served["replays"] >= 8, 30)
             async with open_stream(f"{url}/streams/calm", session=calm) as sse:
                 await sse.until(lambda parser: parser.last_event_id != "")
                 publish_times, live_times = [], []
@@ -417,8 +407,8 @@ async def _starvation_run(url: str) -> None:
 
 
 async def test_retention_that_overtakes_a_stopped_server_sends_a_live_gap(
-        fresh_dsn: str, tmp_path: Path) -> None:
-    server = ServerProcess(fresh_dsn, free_port(), tmp_path / "serve.log")
+        fresh_dsn: str, serve: Serve) -> None:
+    server = serve(dsn=fresh_dsn)
     connection = await asyncpg.connect(fresh_dsn)
     store = EventStore(fresh_dsn)
     await store.open()
@@ -503,13 +493,8 @@ async def test_positions_this_database_never_handed_out(
         other.stop("immediate")
 
 
-SECRET = "a-test-secret-of-at-least-32-bytes-long"
-
-
 def _token(subject: str) -> dict[str, str]:
-    claims = {"sub": subject, "exp": int(time.time()) + 300,
-              "sse_stream": {"publish": [">"], "subscribe": [">"]}}
-    return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
+    return bearer(token([">"], [">"], sub=subject))
 
 
 async def test_idempotency_keys_belong_to_their_subject(start_server: StartServer,
@@ -533,9 +518,7 @@ async def test_idempotency_keys_belong_to_their_subject(start_server: StartServe
         assert status == 201 and headers["Idempotent-Replayed"] == "true" and again == alice
         status, _, problem = await post("alice", {"type": "t", "data": 3})
         assert (status, problem["param"]) == (422, "Idempotency-Key")
-    assert [r["id"] for r in await db.fetch(
-        "SELECT id FROM sse_stream.events WHERE stream = $1 ORDER BY xid, id", stream)] == \
-        alice["ids"] + bob["ids"]
+    assert await table_ids(db, stream) == alice["ids"] + bob["ids"]
 
 
 async def test_refusals_and_skips_are_counted_in_metrics(start_server: StartServer,
@@ -545,7 +528,7 @@ async def test_refusals_and_skips_are_counted_in_metrics(start_server: StartServ
     async with _reads_held(dsn) as transaction:
         async with aiohttp.ClientSession() as session:
             held = asyncio.create_task(session.get(server.make_url(f"/streams/{stream}/events")))
-            await _eventually(lambda: server.app[STORE].reads_capacity._slots.locked())
+            await eventually(lambda: server.app[STORE].reads_capacity._slots.locked())
             async with session.get(server.make_url(f"/streams/{stream}/events")) as response:
                 assert response.status == 503
             await transaction.rollback()

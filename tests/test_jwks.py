@@ -7,7 +7,6 @@ streams opened before a rotation run on until their own `exp`."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,13 +20,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
 from sse_stream import cli
 from sse_stream.app import create_app
 from sse_stream.jwks import KeySet
 from sse_stream.settings import Settings
-from test_auth import SECRET, assert_problem, handmade, request
+from support import (
+    SECRET,
+    StartServer,
+    assert_problem,
+    bearer,
+    eventually,
+    handmade,
+    publish,
+    request,
+)
 
 
 @dataclass
@@ -107,25 +114,9 @@ async def key_server() -> AsyncIterator[KeyServer]:
             await server.server.close()
 
 
-def bearer(value: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {value}"}
-
-
 async def readyz(server: TestServer) -> tuple[int, dict[str, Any]]:
     code, _, body = await request(server, "GET", "/readyz")
     return code, body
-
-
-async def poll(check: Any, timeout: float = 10) -> None:
-    """Until `check()` (awaited if need be) is true: a bounded poll of server state."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.05)
 
 
 async def test_rotation_is_picked_up_while_old_streams_run_to_their_exp(
@@ -135,7 +126,7 @@ async def test_rotation_is_picked_up_while_old_streams_run_to_their_exp(
     key_server.keys = [old.jwk()]
     server = await start_server(jwks_url=key_server.url, jwks_min_refresh=0, heartbeat=0.2,
                                 jwt_leeway=0, token_expiry_margin=0.5)
-    await poll(lambda: _ready(server))
+    await eventually(lambda: _ready(server))
     url = str(server.make_url(f"/streams/{stream}"))
     ttl = 5.0
     short = old.sign([stream], ttl=ttl)
@@ -189,7 +180,7 @@ async def test_unknown_kids_cost_one_fetch_per_interval(start_server: StartServe
     key_server.keys = [current.jwk()]
     interval = 2.0
     server = await start_server(jwks_url=key_server.url, jwks_min_refresh=interval)
-    await poll(lambda: _ready(server))
+    await eventually(lambda: _ready(server))
     assert key_server.requests == 1
     path = f"/streams/{stream}/events"
     # Within the interval of the first fetch, an unknown kid fetches nothing.
@@ -209,7 +200,7 @@ async def test_unknown_kids_cost_one_fetch_per_interval(start_server: StartServe
     burst = [asyncio.ensure_future(r) for r in forged]
     valid = asyncio.ensure_future(request(server, "GET", path,
                                           headers=bearer(rotated.sign([stream]))))
-    await poll(lambda: key_server.requests == 2)
+    await eventually(lambda: key_server.requests == 2)
     key_server.hang.set()
     for result in await asyncio.gather(*burst):
         assert_problem(result, 401, "Authorization")
@@ -230,7 +221,7 @@ async def test_a_key_server_that_goes_down_leaves_the_last_keys_working(
     key = ec_key("ec-1")
     key_server.keys = [key.jwk()]
     server = await start_server(jwks_url=key_server.url, jwks_refresh=0.2, jwks_min_refresh=0.2)
-    await poll(lambda: _ready(server))
+    await eventually(lambda: _ready(server))
     code, body = await readyz(server)
     assert body["jwks"]["keys"] == 1 and body["jwks"]["stale"] is False
     path = f"/streams/{stream}/events"
@@ -252,7 +243,7 @@ async def test_a_key_server_that_goes_down_leaves_the_last_keys_working(
                  "no RS256/ES256 signing key")]
     for name, fail, error in failures:
         fail()
-        await poll(stale)
+        await eventually(stale)
         code, body = await readyz(server)
         assert body["status"] == "ready" and body["jwks"]["keys"] == 1, name
         assert body["jwks"]["fetched_at"] <= body["jwks"]["failing_since"]
@@ -261,20 +252,20 @@ async def test_a_key_server_that_goes_down_leaves_the_last_keys_working(
         code, _, page = await request(server, "GET", path, headers=headers)
         assert code == 200 and len(page["events"]) == 1, name
         key_server.status, key_server.body = 200, None
-        await poll(lambda: _not_stale(server))
+        await eventually(lambda: _not_stale(server))
     await key_server.stop()
 
     async def refused() -> bool:
         code, body = await readyz(server)
         return code == 200 and "ClientConnectorError" in (body["jwks"]["error"] or "")
 
-    await poll(refused)
+    await eventually(refused)
     assert (await request(server, "GET", path, headers=headers))[0] == 200
     # Back again, with a rotated key: found by the periodic refresh.
     rotated = rsa_key("rsa-2")
     key_server.keys = [rotated.jwk()]
     await key_server.start()
-    await poll(lambda: _not_stale(server))
+    await eventually(lambda: _not_stale(server))
     assert (await request(server, "GET", path, headers=bearer(rotated.sign([stream]))))[0] == 200
 
 
@@ -293,7 +284,7 @@ async def test_no_keys_yet_is_not_ready(start_server: StartServer, key_server: K
     async def failed() -> bool:
         return (await readyz(server))[1]["jwks"]["error"] is not None
 
-    await poll(failed)
+    await eventually(failed)
     code, _, body = await request(server, "GET", "/readyz")
     assert code == 503 and "JWKS" in body["detail"] and body["jwks"]["keys"] == 0
     assert body["jwks"]["fetched_at"] is None and body["jwks"]["error"] == "HTTP 500"
@@ -316,7 +307,7 @@ async def test_only_the_keys_algorithm_verifies(start_server: StartServer,
     key_server.keys = [rs.jwk(), es.jwk(), oct_jwk, encryption.jwk(use="enc"),
                        {"kty": "RSA", "kid": "broken", "n": "x"}]
     server = await start_server(jwks_url=key_server.url, jwks_min_refresh=3600)
-    await poll(lambda: _ready(server))
+    await eventually(lambda: _ready(server))
     assert (await readyz(server))[1]["jwks"]["keys"] == 2
     path = f"/streams/{stream}/events"
     claims = {"exp": int(time.time()) + 300, "sse_stream": {"subscribe": [stream]}}
@@ -342,14 +333,14 @@ async def test_only_the_keys_algorithm_verifies(start_server: StartServer,
                               headers=bearer(signer.sign([stream]))))[0] == 200
     # With jwt_algorithm the set's keys of the other algorithm are left out.
     only_es = await start_server(jwks_url=key_server.url, jwt_algorithm="ES256")
-    await poll(lambda: _ready(only_es))
+    await eventually(lambda: _ready(only_es))
     assert (await request(only_es, "GET", path, headers=bearer(es.sign([stream]))))[0] == 200
     assert_problem(await request(only_es, "GET", path, headers=bearer(rs.sign([stream]))), 401,
                    "Authorization")
     # A set of one key verifies tokens without a kid.
     key_server.keys = [rs.jwk()]
     single = await start_server(jwks_url=key_server.url)
-    await poll(lambda: _ready(single))
+    await eventually(lambda: _ready(single))
     assert (await request(single, "GET", path,
                           headers=bearer(jwt.encode(claims, rs.private, algorithm="RS256"))))[0] \
         == 200

@@ -14,9 +14,9 @@ import sys
 
 import asyncpg
 
-from conftest import StartServer
 from raw import RawStream
 from sse_stream.handlers import HUB
+from support import StartServer
 
 EVENTS = 200_000
 REPLAYERS = 3

@@ -12,10 +12,9 @@ import asyncpg
 import orjson
 import pytest
 
-from conftest import StartServer
 from sse import open_stream
 from sse_stream.store import EventStore
-from test_auth import SECRET, assert_problem, count, request, token
+from support import SECRET, StartServer, assert_problem, count, request, token
 
 ORIGIN = "https://app.example"
 

@@ -11,7 +11,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,13 +18,9 @@ import asyncpg
 import orjson
 import pytest
 
-from conftest import StartServer
 from notifications import counting
 from sse import envelope, open_stream
-from test_auth import assert_raw_problem, raw_request
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from support import ROOT, StartServer, assert_raw_problem, raw_request
 
 async def rows(db: asyncpg.Connection, stream: str) -> list[asyncpg.Record]:
     return await db.fetch("SELECT id, type, data::text AS data FROM sse_stream.events "

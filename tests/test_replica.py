@@ -3,51 +3,41 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
-import pytest
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.handlers import STORE
+from support import StartServer, count, publish, replicated
 
 
-@pytest.fixture
-def standby(embedded: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
-    folder = Path(tempfile.mkdtemp(prefix="sse-stream-replica-"))
-    server = embedded.replica(folder / "pgdata")
-    server.start()
+@asynccontextmanager
+async def lagging(standby: EmbeddedPostgres, db: asyncpg.Connection, stream: str,
+                  early: int, late: int) -> AsyncIterator[tuple[asyncpg.Connection, list[int],
+                                                                list[int]]]:
+    """`early` events the replica has replayed, then `late` more that it has
+    not: its replay is paused until the block ends. The replica's connection
+    and both lists of ids."""
+    replica = await asyncpg.connect(standby.dsn)
     try:
-        yield server
+        first = [await publish(db, stream, "t", {"n": n}) for n in range(early)]
+        await replicated(replica, stream, early)
+        # Freeze the replica: it now lags the primary by everything after this.
+        await replica.execute("SELECT pg_wal_replay_pause()")
+        then = [await publish(db, stream, "t", {"n": n}) for n in range(early, early + late)]
+        yield replica, first, then
     finally:
-        server.stop("immediate")
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-async def _replayed(connection: asyncpg.Connection, stream: str, count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while await connection.fetchval(
-            "SELECT count(*) FROM sse_stream.events WHERE stream = $1", stream) < count:
-        assert loop.time() < deadline, "the replica did not catch up"
-        await asyncio.sleep(0.02)
+        await replica.execute("SELECT pg_wal_replay_resume()")
+        await replica.close()
 
 
 async def test_lagging_replica_cannot_make_a_client_skip(start_server: StartServer, dsn: str,
                                                          standby: EmbeddedPostgres,
                                                          db: asyncpg.Connection, stream: str) -> None:
-    replica = await asyncpg.connect(standby.dsn)
-    try:
-        early = [await publish(db, stream, "t", {"n": n}) for n in range(5)]
-        await _replayed(replica, stream, 5)
-        # Freeze the replica: it now lags the primary by everything after this.
-        await replica.execute("SELECT pg_wal_replay_pause()")
-        late = [await publish(db, stream, "t", {"n": n}) for n in range(5, 10)]
+    async with lagging(standby, db, stream, 5, 5) as (replica, early, late):
         server = await start_server(replica_dsn=standby.dsn)
         url = str(server.make_url(f"/streams/{stream}?last_event_id=0"))
         async with open_stream(url) as sse:
@@ -56,22 +46,13 @@ async def test_lagging_replica_cannot_make_a_client_skip(start_server: StartServ
             got.append(await sse.next())
         assert [envelope(m)["id"] for m in got] == early + late + [live]
         assert server.app[STORE].replica_reads >= 1
-        assert await replica.fetchval(
-            "SELECT count(*) FROM sse_stream.events WHERE stream = $1", stream) == 5
-    finally:
-        await replica.execute("SELECT pg_wal_replay_resume()")
-        await replica.close()
+        assert await count(replica, stream) == 5
 
 
 async def test_backfill_with_a_lagging_replica_ends_at_the_newest_event(
         start_server: StartServer, standby: EmbeddedPostgres, db: asyncpg.Connection,
         stream: str) -> None:
-    replica = await asyncpg.connect(standby.dsn)
-    try:
-        early = [await publish(db, stream, "t", {"n": n}) for n in range(3)]
-        await _replayed(replica, stream, 3)
-        await replica.execute("SELECT pg_wal_replay_pause()")
-        late = [await publish(db, stream, "t", {"n": n}) for n in range(3, 6)]
+    async with lagging(standby, db, stream, 3, 3) as (_, early, late):
         server = await start_server(replica_dsn=standby.dsn)
         url = str(server.make_url(f"/streams/{stream}?last_event_id=0&live=false"))
         async with open_stream(url) as sse:
@@ -80,9 +61,6 @@ async def test_backfill_with_a_lagging_replica_ends_at_the_newest_event(
         # paused replica's, which has only the first three.
         assert [envelope(m)["id"] for m in got] == early + late
         assert server.app[STORE].replica_reads >= 1
-    finally:
-        await replica.execute("SELECT pg_wal_replay_resume()")
-        await replica.close()
 
 
 async def test_replay_falls_back_to_the_primary_when_the_replica_is_down(

@@ -7,27 +7,17 @@ import asyncio
 import aiohttp
 import asyncpg
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.handlers import HUB, LISTENER
-
-
-async def _eventually(check: object, timeout: float = 15.0) -> None:
-    """Poll a condition with a bound (no fixed sleeps)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)
+from support import StartServer, eventually, publish
 
 
 async def test_listener_killed_loses_nothing(start_server: StartServer, db: asyncpg.Connection,
                                              stream: str) -> None:
     server = await start_server(poll_interval=0.5)
     listener = server.app[LISTENER]
-    await _eventually(lambda: listener.backend_pid is not None)
+    await eventually(lambda: listener.backend_pid is not None)
     async with open_stream(str(server.make_url(f"/streams/{stream}"))) as sse:
         await sse.until(lambda parser: parser.last_event_id != "")
         before = [await publish(db, stream, "t", {"n": n}) for n in range(3)]
@@ -37,7 +27,7 @@ async def test_listener_killed_loses_nothing(start_server: StartServer, db: asyn
         # Published while the listener is gone or reconnecting.
         during = [await publish(db, stream, "t", {"n": n}) for n in range(3, 8)]
         got += await sse.take(5)
-        await _eventually(lambda: listener.connected and listener.backend_pid != old_pid)
+        await eventually(lambda: listener.connected and listener.backend_pid != old_pid)
         after = [await publish(db, stream, "t", {"n": n}) for n in range(8, 10)]
         got += await sse.take(2)
     assert [envelope(m)["id"] for m in got] == before + during + after
@@ -60,7 +50,7 @@ async def test_database_restart_keeps_streams_open(start_server: StartServer, ds
         # The stream stays open through the outage: keepalives keep coming.
         comments = sse.parser.comments
         await sse.until(lambda parser: parser.comments >= comments + 2)
-        await _eventually(lambda: hub.ready and listener.connected, timeout=30)
+        await eventually(lambda: hub.ready and listener.connected, timeout=30)
         async with session.get(server.make_url("/readyz")) as response:
             assert response.status == 200
 
@@ -75,13 +65,13 @@ async def test_readyz_reports_a_dead_database(start_server: StartServer,
                                               embedded: EmbeddedPostgres) -> None:
     server = await start_server(poll_interval=0.2)
     hub, listener = server.app[HUB], server.app[LISTENER]
-    await _eventually(lambda: hub.ready and listener.connected)
+    await eventually(lambda: hub.ready and listener.connected)
     async with aiohttp.ClientSession() as session:
         async with session.get(server.make_url("/readyz")) as response:
             assert response.status == 200
         await asyncio.to_thread(embedded.stop, "fast")
         try:
-            await _eventually(lambda: not listener.connected)
+            await eventually(lambda: not listener.connected)
             async with session.get(server.make_url("/readyz")) as response:
                 assert response.status == 503
                 assert response.content_type == "application/problem+json"
@@ -89,7 +79,7 @@ async def test_readyz_reports_a_dead_database(start_server: StartServer,
                 assert response.status == 200
         finally:
             await asyncio.to_thread(embedded.start)
-        await _eventually(lambda: hub.ready and listener.connected, timeout=30)
+        await eventually(lambda: hub.ready and listener.connected, timeout=30)
 
 
 async def test_one_shared_read_per_wakeup(start_server: StartServer, db: asyncpg.Connection,

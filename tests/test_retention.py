@@ -13,37 +13,13 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from conftest import publish
 from sse import envelope, open_stream
-from test_serve import ROOT
 from sse_stream.app import create_app
 from sse_stream.retention import parse_age
 from sse_stream.settings import Settings
+from support import ROOT, old_events, position_of, publish, table_ids
 
 STREAM = "orders"
-
-
-async def _old(connection: asyncpg.Connection, count: int, days: int = 40) -> list[str]:
-    """`count` events created `days` ago, one transaction each; their positions.
-
-    The table stamps every row with the time of its transaction; only a
-    session that disables user triggers (an import, here a test) can backdate.
-    """
-    positions = []
-    for n in range(count):
-        async with connection.transaction():
-            await connection.execute("SET LOCAL session_replication_role = replica")
-            positions.append(await connection.fetchval(
-                "INSERT INTO sse_stream.events (stream, type, data, created_at) "
-                "VALUES ($1, 'old', $2::text::jsonb, now() - make_interval(days => $3)) "
-                "RETURNING xid::text || '-' || id", STREAM, f'{{"n": {n}}}', days))
-    return positions
-
-
-async def _position(connection: asyncpg.Connection, id_: int) -> str:
-    value: str = await connection.fetchval(
-        "SELECT xid::text || '-' || id FROM sse_stream.events WHERE id = $1", id_)
-    return value
 
 
 @pytest.mark.parametrize("text,seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400),
@@ -61,11 +37,11 @@ def test_parse_age_refuses(text: str) -> None:
 async def test_prune_command_deletes_an_old_prefix_in_batches(fresh_dsn: str) -> None:
     connection = await asyncpg.connect(fresh_dsn)
     try:
-        old = await _old(connection, 25)
+        old = await old_events(connection, STREAM, 25)
         young = await publish(connection, STREAM, "new", {})
         # Old by its timestamp but after a young event in the stream order:
         # kept, so that what is pruned is always a prefix of the order.
-        late = await _old(connection, 1)
+        late = await old_events(connection, STREAM, 1)
         result = await asyncio.to_thread(subprocess.run, [
             sys.executable, "-m", "sse_stream.cli", "prune", "--older-than", "30d",
             "--dsn", fresh_dsn, "--prune-batch", "10"], capture_output=True, text=True,
@@ -73,9 +49,9 @@ async def test_prune_command_deletes_an_old_prefix_in_batches(fresh_dsn: str) ->
         assert result.returncode == 0, result.stderr
         assert f"deleted 25 event(s) older than 30d in 3 batch(es); pruned up to {old[-1]}" \
             in result.stdout
-        left = await connection.fetch("SELECT id FROM sse_stream.events ORDER BY xid, id")
-        assert [await _position(connection, row["id"]) for row in left] == \
-            [await _position(connection, young), late[0]]
+        left = await table_ids(connection)
+        assert [await position_of(connection, id_) for id_ in left] == \
+            [await position_of(connection, young), late[0]]
         pruned = await connection.fetchval(
             "SELECT pruned_xid::text || '-' || pruned_id FROM sse_stream.retention")
         assert pruned == old[-1]
@@ -96,7 +72,7 @@ async def test_gap_event_then_the_rest_and_no_gap_from_zero(fresh_dsn: str) -> N
                                             prune_interval=0.05, prune_batch=7)),
                         host="127.0.0.1")
     try:
-        old = await _old(connection, 20)
+        old = await old_events(connection, STREAM, 20)
         kept = [await publish(connection, STREAM, "new", {"k": n}) for n in range(2)]
         await server.start_server()
         # The serving process prunes by itself, in batches of 7.
@@ -121,7 +97,7 @@ async def test_gap_event_then_the_rest_and_no_gap_from_zero(fresh_dsn: str) -> N
             messages = await sse.rest()
         assert [m.event for m in messages] == ["new"] * 3
         # A position after the pruned one: no gap either.
-        after = await _position(connection, kept[0])
+        after = await position_of(connection, kept[0])
         async with open_stream(url + f"?last_event_id={after}&live=false") as sse:
             messages = await sse.rest()
         assert [envelope(m)["id"] for m in messages] == kept[1:] + [live]

@@ -19,10 +19,9 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from conftest import StartServer
 from sse import Stream, envelope, open_stream
 from sse_stream.embedded import free_port
-from test_serve import ServerProcess
+from support import Serve, StartServer, joined
 
 PUBLISH_RANGE = """
 INSERT INTO sse_stream.events (stream, type, data)
@@ -37,11 +36,6 @@ async def publish_range(db: asyncpg.Connection, stream: str, first: int, last: i
     return sorted(row["id"] for row in rows)
 
 
-async def _joined(sse: Stream) -> None:
-    # The bare id line after retry: the stream is registered with the hub.
-    await sse.until(lambda parser: parser.last_event_id != "")
-
-
 async def test_fanout_every_subscriber_gets_every_event_once_in_order(
         start_server: StartServer, db: asyncpg.Connection, stream: str) -> None:
     server = await start_server()
@@ -50,7 +44,7 @@ async def test_fanout_every_subscriber_gets_every_event_once_in_order(
     async with aiohttp.ClientSession() as session, AsyncExitStack() as opened:
         streams = [await opened.enter_async_context(open_stream(url, session=session))
                    for _ in range(subscribers)]
-        await asyncio.gather(*(_joined(sse) for sse in streams))
+        await asyncio.gather(*(joined(sse) for sse in streams))
         published: list[int] = []
         for batch in range(batches):
             first = batch * per_batch
@@ -120,10 +114,10 @@ async def test_churn_clients_reconnecting_with_last_event_id_lose_nothing(
     async with aiohttp.ClientSession() as session:
         # Each churner starts where a live-only stream opened before any event.
         async with open_stream(url, session=session) as first:
-            await _joined(first)
+            await joined(first)
             start_id = first.parser.last_event_id
     async with open_stream(url) as steady:
-        await _joined(steady)
+        await joined(steady)
         connection = await asyncpg.connect(dsn)
         try:
             tasks = [asyncio.create_task(churner(start_id)) for _ in range(churners)]
@@ -176,9 +170,9 @@ def _sockets_held(pid: int, inodes: set[str]) -> int:
 
 
 async def test_serve_two_workers_share_the_port_and_stop_on_sigterm(
-        dsn: str, db: asyncpg.Connection, stream: str, tmp_path: Path) -> None:
+        serve: Serve, db: asyncpg.Connection, stream: str) -> None:
     port = free_port()
-    server = ServerProcess(dsn, port, tmp_path / "serve.log", "--workers", "2")
+    server = serve("--workers", "2", port=port)
     try:
         await server.ready()
         loop = asyncio.get_running_loop()
@@ -190,7 +184,7 @@ async def test_serve_two_workers_share_the_port_and_stop_on_sigterm(
         async with aiohttp.ClientSession() as session, AsyncExitStack() as opened:
             streams = [await opened.enter_async_context(open_stream(url, session=session))
                        for _ in range(20)]
-            await asyncio.gather(*(_joined(sse) for sse in streams))
+            await asyncio.gather(*(joined(sse) for sse in streams))
             inodes = _socket_inodes(port, ESTABLISHED)
             held = {pid: _sockets_held(pid, inodes) for pid in workers}
             published = await publish_range(db, stream, 1, 5)

@@ -3,81 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import asyncpg
-import pytest
 
-from conftest import publish
 from sse import envelope, open_stream
 from sse_stream.embedded import free_port
+from support import ROOT, Serve, publish
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-
-class ServerProcess:
-    def __init__(self, dsn: str, port: int, log: Path, *extra: str) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.log = log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sse_stream.cli", "serve", "--dsn", dsn, "--host", "127.0.0.1",
-             "--port", str(port), "--heartbeat", "0.5", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-    async def ready(self, timeout: float = 30) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert self.process.poll() is None, "server exited"
-                try:
-                    async with session.get(self.url + "/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                if loop.time() > deadline:
-                    raise TimeoutError("server not ready")
-                await asyncio.sleep(0.05)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(20)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.log.close()
-
-
-@pytest.fixture
-def serve(dsn: str, tmp_path: Path) -> Iterator[object]:
-    started: list[ServerProcess] = []
-
-    def start(port: int, *extra: str) -> ServerProcess:
-        server = ServerProcess(dsn, port, tmp_path / "serve.log", *extra)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-async def test_sigterm_ends_streams_cleanly_and_restart_resumes(serve, db: asyncpg.Connection,
+async def test_sigterm_ends_streams_cleanly_and_restart_resumes(serve: Serve,
+                                                                db: asyncpg.Connection,
                                                                 stream: str) -> None:
     port = free_port()
-    server = serve(port)
+    server = serve(port=port)
     await server.ready()
     url = f"{server.url}/streams/{stream}"
     async with open_stream(url) as sse:
@@ -91,7 +33,7 @@ async def test_sigterm_ends_streams_cleanly_and_restart_resumes(serve, db: async
     assert await asyncio.to_thread(server.process.wait, 20) == 0
     missed = [await publish(db, stream, "t", {"n": n}) for n in range(3, 5)]
 
-    restarted = serve(port)
+    restarted = serve(port=port)
     await restarted.ready()
     async with open_stream(url, headers={"Last-Event-ID": last_id}) as sse:
         resumed = await sse.take(2)

@@ -10,17 +10,15 @@ exactly once, in order, and rejoins the live flow.
 from __future__ import annotations
 
 import asyncio
-import socket
 from contextlib import AsyncExitStack
 
 import aiohttp
 import asyncpg
 
-from conftest import StartServer
 from raw import RawStream
 from sse import envelope, open_stream
 from sse_stream.handlers import HUB
-from test_resilience import _eventually
+from support import StartServer, eventually, stalled, table_ids
 
 MAX_PENDING = 64 * 1024  # the transport's own high-water mark: drain() waits below it
 PAGE_SIZE = 100
@@ -36,11 +34,6 @@ async def publish_batch(connection: asyncpg.Connection, stream: str, first: int,
     return [row[0] for row in rows]
 
 
-async def table_ids(connection: asyncpg.Connection, stream: str) -> list[int]:
-    return [row[0] for row in await connection.fetch(
-        "SELECT id FROM sse_stream.events WHERE stream = $1 ORDER BY xid, id", stream)]
-
-
 def event_ids(stream: RawStream) -> list[int]:
     return [envelope(message)["id"] for message in stream.messages]
 
@@ -50,15 +43,8 @@ async def test_slow_consumer_is_bounded_and_gets_everything(
     server = await start_server(max_pending=MAX_PENDING, page_size=PAGE_SIZE, heartbeat=0.5)
     hub = server.app[HUB]
     url = str(server.make_url(f"/streams/{stream}"))
-    slow = await RawStream.open(url, rcvbuf=4096)
+    slow, slow_subscription = await stalled(hub, url, 16384)
     try:
-        await slow.read_until(lambda: slow.parser.last_event_id != "")
-        await _eventually(lambda: len(hub.subscriptions) == 1)
-        slow_subscription = next(iter(hub.subscriptions))
-        # A slow path, end to end: the server's kernel send buffer for this
-        # client is small too (left alone, Linux grows it to 4 MB on loopback).
-        transport = slow_subscription.response._req.transport  # type: ignore[union-attr]
-        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
         total = TRANSACTIONS * PER_TRANSACTION
         async with aiohttp.ClientSession() as session, AsyncExitStack() as streams:
             fast_streams = [await streams.enter_async_context(open_stream(url, session=session))
@@ -106,7 +92,7 @@ async def test_slow_consumer_is_bounded_and_gets_everything(
             # It reads again: every event, once, in order, then live again.
             await slow.read_until(lambda: len(slow.messages) >= total, timeout=60)
             assert event_ids(slow) == order
-            await _eventually(lambda: slow_subscription.joined)
+            await eventually(lambda: slow_subscription.joined)
             last = await publish_batch(db, stream, total, 1)
             await slow.read_until(lambda: len(slow.messages) > total)
             assert event_ids(slow) == order + last

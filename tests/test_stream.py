@@ -8,8 +8,8 @@ import contextlib
 import aiohttp
 import asyncpg
 
-from conftest import StartServer, publish
 from sse import envelope, open_stream
+from support import StartServer, publish
 
 
 async def test_tail_receives_published_events_in_order(start_server: StartServer,

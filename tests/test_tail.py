@@ -12,11 +12,10 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from conftest import publish
 from sse_stream.embedded import free_port
-from test_serve import ROOT, ServerProcess
 from sse_stream.client import ControlEvent, StreamEvent
 from sse_stream.tail import format_line, parse_target, read_state, write_state
+from support import ROOT, Serve, publish
 
 
 def _key(position: str) -> tuple[int, ...]:
@@ -60,9 +59,9 @@ class TailProcess:
 
 
 async def test_tail_resumes_across_server_restart_and_its_own(
-        dsn: str, db: asyncpg.Connection, stream: str, tmp_path: Path) -> None:
+        serve: Serve, db: asyncpg.Connection, stream: str, tmp_path: Path) -> None:
     port = free_port()
-    server = ServerProcess(dsn, port, tmp_path / "serve.log", "--retry", "100")
+    server = serve("--retry", "100", port=port)
     tails: list[TailProcess] = []
     try:
         await server.ready()
@@ -78,7 +77,7 @@ async def test_tail_resumes_across_server_restart_and_its_own(
         # The server goes away; events are written while it is down.
         assert await asyncio.to_thread(server.stop) == 0
         down = [await publish(db, stream, "t", {"n": n}) for n in range(6, 9)]
-        server = ServerProcess(dsn, port, tmp_path / "serve.log", "--retry", "100")
+        server = serve("--retry", "100", port=port)
         await server.ready()
         up = [await publish(db, stream, "t", {"n": n}) for n in range(9, 11)]
         lines = await first.wait_lines(11)

@@ -11,8 +11,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -23,8 +22,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import StartServer, publish
-from sse import Stream, envelope, open_stream
+from sse import envelope, open_stream
 from sse_stream import cli
 from sse_stream.auth import grant_from_claims
 from sse_stream.events import parse_position
@@ -33,25 +31,26 @@ from sse_stream.handlers import HUB
 from sse_stream.patterns import parse_pattern_list, parse_type_filter
 from sse_stream.routing import Group
 from sse_stream.subscription import Selector
-from test_auth import SECRET, assert_problem, client, request
-from test_filtered_streams import event_id
-from test_filters import Pairs, documents, dump, filter_pairs, leaves
-
-T = TypeVar("T")
-
-
-def token(subscribe: list[Any], where: list[str] | None = None, ttl: float = 300,
-          **section: Any) -> str:
-    claim: dict[str, Any] = {"subscribe": subscribe, **section}
-    if where is not None:
-        claim["where"] = where
-    return jwt.encode({"exp": int(time.time() + ttl), "sse_stream": claim}, SECRET,
-                      algorithm="HS256")
-
-
-def bearer(value: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {value}"}
-
+from support import (
+    SECRET,
+    Pairs,
+    StartServer,
+    assert_problem,
+    bearer,
+    documents,
+    dump,
+    event_id,
+    filter_pairs,
+    joined,
+    leaves,
+    live_until,
+    position_of,
+    publish,
+    publish_texts,
+    request,
+    runner,
+    token,
+)
 
 async def seed(db: asyncpg.Connection, stream: str) -> dict[int, tuple[str, Any]]:
     """Orders of customers 42 and 43 (and one without a customer), by id."""
@@ -75,10 +74,6 @@ async def replay(server: TestServer, path: str, headers: dict[str, str]) -> list
     async with open_stream(str(server.make_url(path)) + f"{sep}last_event_id=0&live=false",
                            headers=headers) as sse:
         return [envelope(m)["id"] for m in await sse.rest()]
-
-
-async def joined(sse: Stream) -> None:
-    await sse.until(lambda parser: parser.last_event_id != "")
 
 
 # -- token-wide where ------------------------------------------------------------
@@ -105,8 +100,7 @@ async def test_token_wide_where_binds_live_replay_live_false_and_pages(
     assert await replay(server, path, headers) == mine
     assert await page(server, path + "/events", headers) == mine
     # The Last-Event-ID header (a browser's reconnect) is a replay too.
-    first = await db.fetchval("SELECT xid::text || '-' || id FROM sse_stream.events "
-                              "WHERE id = $1", min(events))
+    first = await position_of(db, min(events))
     async with open_stream(str(server.make_url(path)) + "?live=false",
                            headers={**headers, "Last-Event-ID": first}) as sse:
         assert [envelope(m)["id"] for m in await sse.rest()] == mine[1:]
@@ -241,7 +235,7 @@ async def test_the_unfiltered_grant_wins_and_token_wide_where_joins_every_grant(
         i for i, (_, data) in events.items() if data.get("customer_id") == 43]
     # The token-wide where is ANDed with every grant's own.
     wide = bearer(token([{"pattern": f"{stream}.*", "where": ["data.customer_id=eq.42"]}],
-                        where=["or=(data.total.lt.8,data.total.gt.100)"], publish=[orders]))
+                        where=["or=(data.total.lt.8,data.total.gt.100)"], publish_=[orders]))
     small = [i for i in mine if events[i][1]["total"] < 8]
     assert len(small) == 1
     assert await page(server, path, wide) == small
@@ -372,23 +366,11 @@ async def check_example(server: TestServer, db: asyncpg.Connection,
     async with open_stream(str(url), headers=headers, session=session) as sse:
         await joined(sse)
         # One statement, one transaction: the live read takes them in one page.
-        ids = [row[0] for row in await db.fetch(
-            "SELECT sse_stream.publish($1, t.type, t.data::jsonb)"
-            " FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(type, data, n)"
-            " ORDER BY t.n", stream, types, texts)]
+        ids = await publish_texts(db, stream, types, texts)
         # One transaction: stream order is id order.
-        last = parse_position(await db.fetchval(
-            "SELECT xid::text || '-' || id FROM sse_stream.events WHERE id = $1", max(ids)))
+        last = await position_of(db, max(ids))
         expected = sorted(id_ for id_, ok in zip(ids, chosen) if ok)
-        live: list[int] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while not (sse.parser.last_event_id
-                   and parse_position(sse.parser.last_event_id) >= last):
-            live.extend(event_id(m) for m in sse.pending)
-            sse.pending.clear()
-            await sse._fill(max(0.001, deadline - loop.time()))
-        live.extend(event_id(m) for m in sse.pending)
+        live = await live_until(sse, last, timeout=10)
     assert live == expected, ("live", filters)
     base = f"/streams/{stream}"
     async with open_stream(str(server.make_url(base).with_query(
@@ -422,15 +404,8 @@ async def test_delivered_is_request_and_token(start_server: StartServer,
     # A short heartbeat: an example whose last event no filter passes ends
     # with the bare id line it brings (within about 40 ms).
     server = await start_server(jwt_secret=SECRET, heartbeat=0.04)
-    loop = asyncio.get_running_loop()
+    run = runner(asyncio.get_running_loop())
     examples = 0
-
-    def run(coroutine: Awaitable[T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, loop)  # type: ignore[arg-type]
-        try:
-            return future.result(30)
-        finally:
-            future.cancel()
 
     async with aiohttp.ClientSession() as session:
 
