@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sse_stream.app import create_app  # noqa: E402
 from sse_stream.embedded import EmbeddedPostgres  # noqa: E402
-from sse_stream.filters import parse_data_filters  # noqa: E402
+from sse_stream.filter_syntax import parse_data_filters  # noqa: E402
 from sse_stream.migrate import migrate_dsn  # noqa: E402
 from sse_stream.patterns import parse_pattern_list, parse_type_filter  # noqa: E402
 from sse_stream.queries import query  # noqa: E402

@@ -34,7 +34,8 @@ from typing import Any
 import jwt
 
 from .errors import InvalidInput
-from .filters import MAX_FILTERS, AnyOf, Condition, parse_data_filters
+from .filter_syntax import parse_data_filters
+from .filters import MAX_FILTERS, AnyOf, Condition
 from .jwks import KeySet
 from .patterns import StreamPattern, parse_pattern
 from .settings import Settings

@@ -20,7 +20,7 @@ from .auth import AccessPolicy, Address, Grant, Unauthorized, allows, find_token
 from .batch import parse_body, validate_idempotency_key
 from .errors import DatabaseUnavailable, InvalidInput, Overloaded
 from .events import ORIGIN, Position, parse_position
-from .filters import parse_data_filters
+from .filter_syntax import parse_data_filters
 from .hub import Hub
 from .listener import Listener
 from .patterns import (StreamPattern, parse_pattern, parse_pattern_list, parse_type_filter,

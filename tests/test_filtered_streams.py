@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sse import Stream, open_stream
-from sse_stream.filters import parse_data_filters
+from sse_stream.filter_syntax import parse_data_filters
 from sse_stream.patterns import parse_type_filter
 from support import (
     Pairs,

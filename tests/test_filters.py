@@ -16,14 +16,8 @@ from hypothesis import strategies as st
 
 from sse_stream.errors import InvalidInput
 from sse_stream.events import Event
-from sse_stream.filters import (
-    MAX_FILTERS,
-    MAX_IN_VALUES,
-    AnyOf,
-    Condition,
-    DataFilter,
-    parse_data_filters,
-)
+from sse_stream.filter_syntax import parse_data_filters
+from sse_stream.filters import MAX_FILTERS, MAX_IN_VALUES, AnyOf, Condition, DataFilter
 from sse_stream.patterns import parse_pattern_list, parse_type_filter
 from sse_stream.routing import Group, Routes
 from sse_stream.subscription import Selector

@@ -26,7 +26,7 @@ from sse import envelope, open_stream
 from sse_stream import cli
 from sse_stream.auth import grant_from_claims
 from sse_stream.events import parse_position
-from sse_stream.filters import parse_data_filters
+from sse_stream.filter_syntax import parse_data_filters
 from sse_stream.handlers import HUB
 from sse_stream.patterns import parse_pattern_list, parse_type_filter
 from sse_stream.routing import Group
