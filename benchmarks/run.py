@@ -1,7 +1,8 @@
 """sse-stream benchmarks: `python benchmarks/run.py SCENARIO [options]`.
 
-Scenarios: fanout, filtered, peruser, idle, replay, page, churn, hostile
-(see benchmarks/README.md). Each starts its own `sse-stream serve` process on 127.0.0.1 (and, without
+Scenarios: fanout, filtered, peruser, idle, replay, page, churn, hostile,
+webhooks (see benchmarks/README.md; webhooks: benchmarks/webhooks_bench.py).
+Each starts its own `sse-stream serve` process on 127.0.0.1 (and, without
 --dsn, its own embedded PostgreSQL with fsync off), runs for a bounded time,
 prints a table and one JSON line (prefixed `RESULT `), and stops what it
 started by PID. The load generator runs in this process (benchmarks/loadgen.py).
@@ -87,6 +88,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # server_process
+import webhooks_bench  # noqa: E402
 from loadgen import SseConnection, connect, connect_many, percentile, raise_open_files  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
@@ -1164,11 +1166,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="client timeout of a page, and of a silent replay")
     sub.add_argument("--server-flags", default="",
                      help='extra `sse-stream serve` flags, e.g. "--pool-size 8"')
+    webhooks_bench.add_parser(common)
     return parser
 
 
 SCENARIOS = {"fanout": fanout, "peruser": peruser, "idle": idle, "replay": replay,
-             "page": page, "churn": churn, "hostile": hostile}
+             "page": page, "churn": churn, "hostile": hostile,
+             "webhooks": lambda args: webhooks_bench.webhooks(args)}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -140,7 +140,15 @@ SELECT pruned_xid::text::bigint, pruned_id FROM sse_stream.retention;
 -- size) and the position recorded in the same statement; each batch is its
 -- own short transaction. No row can appear later inside the range: it is
 -- below the horizon, where every transaction has ended.
-WITH head AS (
+-- Unless $3 (force), nothing past the cursor of a webhook that is not
+-- disabled is deleted: it has yet to deliver what follows (docs/webhooks.md).
+WITH hold AS (
+    SELECT w.cursor_xid AS xid, w.cursor_id AS id
+    FROM sse_stream.webhooks w
+    WHERE NOT $3::boolean AND w.state <> 'disabled'
+    ORDER BY w.cursor_xid, w.cursor_id
+    LIMIT 1
+), head AS (
     SELECT ev.xid, ev.id,
            bool_or(ev.created_at >= $1) OVER (ORDER BY ev.xid, ev.id) AS kept
     FROM sse_stream.events ev
@@ -148,7 +156,9 @@ WITH head AS (
     ORDER BY ev.xid, ev.id
     LIMIT $2
 ), top AS (
-    SELECT xid, id FROM head WHERE NOT kept ORDER BY xid DESC, id DESC LIMIT 1
+    SELECT xid, id FROM head
+    WHERE NOT kept AND NOT EXISTS (SELECT FROM hold WHERE (head.xid, head.id) > (hold.xid, hold.id))
+    ORDER BY xid DESC, id DESC LIMIT 1
 ), deleted AS (
     DELETE FROM sse_stream.events e
     USING top

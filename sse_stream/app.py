@@ -15,8 +15,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import handlers
+from . import handlers, webhook_handlers
 from .auth import AccessPolicy
+from .deliverer import Deliverer
 from .errors import DatabaseUnavailable, InvalidInput
 from .handlers import (
     ACCESS,
@@ -35,6 +36,8 @@ from .retention import Retention, parse_age
 from .settings import Settings
 from .store import EventStore, StoreLimits
 from .tasks import cancel_and_wait
+from .webhook_handlers import DELIVERER
+from .webhooks import check_webhook_settings
 
 log = logging.getLogger(__name__)
 # What the metrics collector reads at scrape time, filled by the lifecycle.
@@ -55,7 +58,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                                           wait=settings.capacity_wait,
                                           statement_timeout=settings.statement_timeout,
                                           scan_rows=settings.scan_rows,
-                                          page_bytes=settings.page_bytes))
+                                          page_bytes=settings.page_bytes,
+                                          background_connections=1 + (
+                                              0 if settings.no_webhooks
+                                              else settings.webhooks_connections)))
     await store.open()
     hub = Hub(store, settings)
     listener = Listener(settings.dsn, hub.wake, keepalive=settings.listener_keepalive)
@@ -63,9 +69,19 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     retention = None
     if settings.prune_older_than:
         retention = Retention(store, parse_age(settings.prune_older_than),
-                              settings.prune_interval, settings.prune_batch)
-    live_objects.update(hub=hub, listener=listener, store=store, retention=retention)
+                              settings.prune_interval, settings.prune_batch,
+                              force=settings.prune_past_webhooks)
+    # Webhooks: the hub hands each page of its shared read to the deliverer.
+    deliverer = None if settings.no_webhooks else Deliverer(store, settings,
+                                                            lambda: hub.watermark)
+    if deliverer is not None:
+        app[DELIVERER] = deliverer
+        hub.observers.append(deliverer.observe)
+    live_objects.update(hub=hub, listener=listener, store=store, retention=retention,
+                        deliverer=deliverer)
     hub.start()
+    if deliverer is not None:
+        deliverer.start()
     listener.start()
     # What exists by now (modules, classes, the app: about 55 000 objects)
     # lives as long as the process. Frozen, it is left out of the collector's
@@ -91,6 +107,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await cancel_and_wait(pruning)
 
         steps = [stop_pruning, listener.stop, hub.stop, store.close]
+        if deliverer is not None:
+            steps.insert(1, deliverer.stop)
         if retention is not None:
             steps.insert(1, retention.stop)
         if keys is not None:
@@ -264,6 +282,7 @@ def create_app(settings: Settings) -> web.Application:
         raise ValueError("create_app needs settings.dsn")
     if settings.prune_older_than:
         parse_age(settings.prune_older_than)  # refuse a bad age before serving
+    check_webhook_settings(settings)
     # aiohttp's own parser refuses long request lines with a plain-text
     # 400; let lines through well beyond our limit so that the app answers
     # an over-long query with a problem document (414).
@@ -297,4 +316,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/streams/{stream}/events", handlers.publish)
     app.router.add_route("OPTIONS", "/streams/{streams}", _preflight)
     app.router.add_route("OPTIONS", "/streams/{stream}/events", _preflight)
+    webhook_handlers.add_routes(app)
     return app

@@ -9,9 +9,11 @@ naming another algorithm (`none`, or HS256 signed with the public key as the
 secret) fails verification.
 
 Claim: ``{"sse_stream": {"subscribe": [grants], "publish": [patterns],
-"where": [filters]}}``. A subscribe grant is a pattern, or
-``{"pattern": P, "where": [filters]}`` binding data filters to it; the
-token-wide `where` binds filters to every grant (see `Grant.filters_for`).
+"where": [filters], "webhooks": [patterns]}}`` (`webhooks`: the streams whose
+webhooks the token may create and manage, docs/webhooks.md). A subscribe
+grant is a pattern, or ``{"pattern": P, "where": [filters]}`` binding data
+filters to it; the token-wide `where` binds filters to every grant (see
+`Grant.filters_for`).
 A request is allowed when every stream pattern it asks for is contained in
 some pattern the token grants (see `allows`). `exp` is required unless the
 configuration allows non-expiring tokens; a configured audience and issuer
@@ -73,6 +75,7 @@ class Grant:
     publish: tuple[StreamPattern, ...]
     expires_at: float | None = None
     subject: str | None = None
+    webhooks: tuple[StreamPattern, ...] = ()
 
     def filters_for(self, requested: Sequence[StreamPattern],
                     anonymous: Sequence[StreamPattern] = (), param: str = "streams") -> Terms:
@@ -203,6 +206,9 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
     publish = section.get("publish", [])
     if not isinstance(publish, list) or not all(isinstance(v, str) for v in publish):
         raise Unauthorized(param, f"{CLAIM}.publish must be a list of stream patterns")
+    webhooks = section.get("webhooks", [])
+    if not isinstance(webhooks, list) or not all(isinstance(v, str) for v in webhooks):
+        raise Unauthorized(param, f"{CLAIM}.webhooks must be a list of stream patterns")
     everywhere = where(section.get("where", []), f"{CLAIM}.where")
     subscribe = section.get("subscribe", [])
     if not isinstance(subscribe, list):
@@ -232,7 +238,8 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
         expires_at = None
     subject = claims.get("sub")
     return Grant(tuple(scopes), tuple(pattern(v, f"{CLAIM}.publish") for v in publish),
-                 expires_at, subject if isinstance(subject, str) else None)
+                 expires_at, subject if isinstance(subject, str) else None,
+                 tuple(pattern(v, f"{CLAIM}.webhooks") for v in webhooks))
 
 
 def parse_where(texts: Sequence[str], name: str) -> Terms:
@@ -355,16 +362,20 @@ def parse_duration(text: str) -> float:
 
 def mint(secret: str, subscribe: Sequence[str], publish: Sequence[str], ttl: float,
          subject: str | None = None, now: float | None = None, audience: str | None = None,
-         issuer: str | None = None, where: Sequence[str] = ()) -> str:
+         issuer: str | None = None, where: Sequence[str] = (),
+         webhooks: Sequence[str] = ()) -> str:
     """An HS256 token granting `subscribe` and `publish` patterns for `ttl` seconds,
-    its reading bound to the data filters `where` (token-wide)."""
-    for text in (*subscribe, *publish):
+    its reading bound to the data filters `where` (token-wide), and the
+    management of webhooks on the `webhooks` patterns."""
+    for text in (*subscribe, *publish, *webhooks):
         parse_pattern(text, "pattern")
     parse_where(where, "where")
     issued = int(time.time() if now is None else now)
     section: dict[str, Any] = {"subscribe": list(subscribe), "publish": list(publish)}
     if where:
         section["where"] = list(where)
+    if webhooks:
+        section["webhooks"] = list(webhooks)
     claims: dict[str, Any] = {"iat": issued, "exp": issued + int(ttl), CLAIM: section}
     for name, value in (("sub", subject), ("aud", audience), ("iss", issuer)):
         if value is not None:

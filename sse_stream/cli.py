@@ -228,7 +228,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 2
 
 
-async def _prune(dsn: str, older_than: str, batch: int) -> int:
+async def _prune(dsn: str, older_than: str, batch: int, force: bool) -> int:
     from .retention import parse_age, prune
     from .store import EventStore
 
@@ -236,7 +236,7 @@ async def _prune(dsn: str, older_than: str, batch: int) -> int:
     store = EventStore(dsn)
     await store.open()
     try:
-        result = await prune(store, age, batch)
+        result = await prune(store, age, batch, force=force)
         position = await store.pruned_position()
     finally:
         await store.close()
@@ -255,7 +255,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     settings, embedded = _ensure_database(settings)
     try:
         assert settings.dsn is not None
-        return asyncio.run(_prune(settings.dsn, older_than, settings.prune_batch))
+        return asyncio.run(_prune(settings.dsn, older_than, settings.prune_batch,
+                                  settings.prune_past_webhooks))
     except ValueError as error:
         print(f"sse-stream prune: {error}", file=sys.stderr)
         return 2
@@ -298,7 +299,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         # The server's own audience and issuer settings are the defaults.
         token = mint(settings.jwt_secret, patterns(args.subscribe), patterns(args.publish), ttl,
                      subject=args.sub, audience=args.aud or settings.jwt_audience,
-                     issuer=args.iss or settings.jwt_issuer, where=args.where)
+                     issuer=args.iss or settings.jwt_issuer, where=args.where,
+                     webhooks=patterns(args.webhooks))
     except ValueError as error:
         print(f"sse-stream token: --ttl: {error}", file=sys.stderr)
         return 2
@@ -335,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="delete old events in small batches")
     prune.add_argument("--older-than", default=None, metavar="AGE",
                        help="age such as 30d, 12h, 90m (env SSE_STREAM_PRUNE_OLDER_THAN)")
-    _add_setting_flags(prune, ["dsn", "data_dir", "prune_batch", "log_level"])
+    _add_setting_flags(prune, ["dsn", "data_dir", "prune_batch", "prune_past_webhooks",
+                               "log_level"])
     prune.set_defaults(func=cmd_prune)
 
     tail = commands.add_parser(
@@ -369,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data filter every stream, replay and page of the token is bound "
                             "to, as in a query: data.customer_id=eq.42 or or=(...) (repeatable, "
                             "ANDed)")
+    token.add_argument("--webhooks", action="append", default=[], metavar="PATTERN",
+                       help="stream pattern whose webhooks the token may manage (repeatable)")
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 30d (default 1h)")
     token.add_argument("--sub", default=None, help="subject claim (e.g. the user id)")
     token.add_argument("--aud", default=None,
@@ -376,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--iss", default=None,
                        help=f"issuer claim (default: {env_name('jwt_issuer')})")
     token.set_defaults(func=cmd_token)
+    from .webhook_cli import add_commands
+    add_commands(commands, _add_setting_flags)
     return parser
 
 

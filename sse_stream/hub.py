@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from .catchup import CatchUp
 from .errors import DatabaseUnavailable
-from .events import ORIGIN, Event, Position
+from .events import ORIGIN, Position
 from .heartbeat import Heartbeat
 from .metrics import HubStats
 from .routing import LiveIndex, shared_payloads
@@ -48,9 +48,9 @@ class Hub:
         self.closing = False
         self.stats = HubStats()
         self.subscriptions: set[Subscription] = set()
-        # Called with each page's events after its fan-out, with no await
-        # around it (the webhook deliverer); they must not raise.
-        self.observers: list[Callable[[list[Event]], None]] = []
+        # Called with each page after its fan-out, with no await around it
+        # (the webhook deliverer); they must not raise.
+        self.observers: list[Callable[[Page], None]] = []
         self._index = LiveIndex(self.stats)
         self._catch_up = CatchUp(store, settings, self.stats)
         self._doorbell = asyncio.Event()
@@ -128,8 +128,8 @@ class Hub:
                     self._resume_live(page.pruned, "retention pruned events before this "
                                       "process read them")
                 self._fan_out(page)
-                for observe in self.observers if page.events else ():
-                    observe(page.events)
+                for observe in self.observers:
+                    observe(page)
                 read += len(page.events)
                 if not page.full:
                     self._held = page.held

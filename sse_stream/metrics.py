@@ -26,6 +26,7 @@ from .events import Event
 
 OTHER = "other"
 MAX_PATTERN_LABELS = 50  # distinct stream-pattern labels before "other"
+MAX_WEBHOOK_LABELS = 50  # webhooks with a label of their own, per process
 
 READ_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -83,6 +84,30 @@ class HubStats:
             lag = now - event.created_epoch
             if isfinite(lag):  # a time the column holds may be infinity
                 observe(lag)
+
+
+class Tally:
+    """Counters by webhook, with bounded labels: the ids (the server's, never
+    client text) of the first MAX_WEBHOOK_LABELS webhooks counted, then "other"."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, str] = {}
+        self.attempts: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.delivered: dict[str, int] = {}
+        self.reads = 0  # batches read from the table (live webhooks read none)
+
+    def label(self, id_: str) -> str:
+        label = self.labels.get(id_)
+        if label is None:
+            if len(self.labels) >= MAX_WEBHOOK_LABELS:
+                return OTHER
+            label = self.labels[id_] = id_
+        return label
+
+    def add(self, counts: dict[str, int], id_: str, value: int = 1) -> None:
+        label = self.label(id_)
+        counts[label] = counts.get(label, 0) + value
 
 
 class HubCollector(Collector):
@@ -194,3 +219,57 @@ class HubCollector(Collector):
         if retention is not None:
             yield counter("sse_stream_pruned_events", "Events deleted by retention.",
                           retention.deleted)
+        deliverer = objects.get("deliverer")
+        if deliverer is not None:
+            yield from webhook_families(deliverer)
+
+
+def webhook_families(deliverer: Any) -> Iterator[Metric]:
+    """The deliverer's metrics, labelled by `Tally`; lag is for the webhooks
+    this process holds, so that each webhook is counted by one process."""
+    tally = deliverer.tally
+
+    def by_label(name: str, help_text: str, values: dict[str, int]) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, help_text, labels=["webhook"])
+        for label, value in sorted(values.items()):
+            family.add_metric([label], value)
+        return family
+
+    yield by_label("sse_stream_webhook_attempts", "Webhook requests made.", tally.attempts)
+    yield by_label("sse_stream_webhook_failures", "Webhook requests that failed (no 2xx).",
+                   tally.failures)
+    yield by_label("sse_stream_webhook_delivered_events", "Events acknowledged by a 2xx.",
+                   tally.delivered)
+    yield CounterMetricFamily("sse_stream_webhook_reads", "Webhook batches read from the table "
+                              "(a webhook that keeps up takes its events from the shared read).",
+                              value=tally.reads)
+    states = GaugeMetricFamily("sse_stream_webhooks", "Webhooks by state (the whole database, "
+                               "as this process last counted).", labels=["state"])
+    for state, count in sorted(deliverer.states.items()):
+        states.add_metric([state], count)
+    yield states
+    yield GaugeMetricFamily("sse_stream_webhooks_disabled", "Webhooks disabled after "
+                            "continuous failure (or with filters that do not parse).",
+                            value=deliverer.states.get("disabled", 0))
+    yield GaugeMetricFamily("sse_stream_webhooks_held", "Webhooks this process delivers "
+                            "(holds the lease of).", value=len(deliverer.targets))
+    events = GaugeMetricFamily("sse_stream_webhook_lag_events", "Matching events after the "
+                               "cursor (at least, past the count's scan budget).",
+                               labels=["webhook"])
+    seconds = GaugeMetricFamily("sse_stream_webhook_lag_seconds", "Age of the oldest "
+                                "undelivered event (0: none).", labels=["webhook"])
+    lag: dict[str, tuple[int, float]] = {}
+    for id_, backlog in deliverer.backlogs.items():
+        label = tally.label(id_)
+        behind, age = lag.get(label, (0, 0.0))
+        lag[label] = (behind + backlog.behind, max(age, backlog.age or 0.0))
+    for label, (behind, age) in sorted(lag.items()):
+        events.add_metric([label], behind)
+        seconds.add_metric([label], age)
+    yield events
+    yield seconds
+    latency = HistogramMetricFamily("sse_stream_webhook_request_seconds",
+                                    "Webhook request time, start to response or failure.")
+    latency.add_metric([], deliverer.sender.latency.cumulative(),
+                       sum_value=deliverer.sender.latency.total)
+    yield latency

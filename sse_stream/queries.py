@@ -1,4 +1,4 @@
-"""Loads sql/queries.sql and the numbered migrations, by name.
+"""Loads the named queries of sql/*.sql and the numbered migrations.
 
 The SQL files live in the top-level sql/ folder of a checkout and are shipped
 inside the package as `sse_stream.sql` by `pip install`.
@@ -39,17 +39,24 @@ class SelectorSql(NamedTuple):
 
 @cache
 def _queries() -> dict[str, str]:
-    text = (sql_dir() / "queries.sql").read_text()
-    parts = _NAME_RE.split(text)
+    # queries.sql, and the query files of one concern each (webhooks.sql):
+    # every .sql file that is not a migration; a name is defined once.
     queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2]):
-        lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
-        queries[name] = "\n".join(lines).strip().rstrip(";")
+    for path in sorted(sql_dir().glob("*.sql")):
+        if _MIGRATION_RE.match(path.name):
+            continue
+        parts = _NAME_RE.split(path.read_text())
+        for name, body in zip(parts[1::2], parts[2::2]):
+            if name in queries:
+                raise ValueError(f"{path.name}: the query {name!r} is defined twice")
+            lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
+            queries[name] = "\n".join(lines).strip().rstrip(";")
     return queries
 
 
 def query(name: str) -> str:
-    """The SQL text of the named block of sql/queries.sql."""
+    """The SQL text of the named block of sql/queries.sql (or of another
+    query file in sql/, such as webhooks.sql)."""
     return _queries()[name]
 
 

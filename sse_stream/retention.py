@@ -4,7 +4,9 @@ Each batch is one short statement (at most `batch` rows, the oldest final
 rows in stream order), so no lock is held for long and writers and readers
 go on meanwhile. The highest deleted position is recorded with the rows'
 deletion in `sse_stream.retention`; a stream asked to start before it gets
-an `sse.gap` control event first (see Hub._catch_up).
+an `sse.gap` control event first (see Hub._catch_up). Retention stops at the
+oldest cursor of a webhook that is not disabled unless forced
+(`prune_past_webhooks`); a webhook it passed gets `sse.gap` first too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .errors import DatabaseUnavailable
 from .events import Position
 from .store import EventStore
 from .tasks import cancel_and_wait
+from .webhook_store import prune_attempts
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +46,15 @@ class PruneResult:
 
 
 async def prune(store: EventStore, older_than: timedelta, batch: int = 10_000,
-                max_batches: int | None = None) -> PruneResult:
-    """Delete, batch after batch, every final event older than `older_than`."""
+                max_batches: int | None = None, force: bool = False) -> PruneResult:
+    """Delete, batch after batch, every final event older than `older_than`,
+    and the webhook delivery attempts as old. Events a webhook that is not
+    disabled has yet to deliver are kept, unless `force`."""
     deleted = batches = 0
     highest: Position | None = None
+    await prune_attempts(store, older_than.total_seconds())
     while max_batches is None or batches < max_batches:
-        count, position = await store.prune_batch(older_than, batch)
+        count, position = await store.prune_batch(older_than, batch, force)
         batches += 1
         deleted += count
         if position is not None:
@@ -63,8 +69,9 @@ class Retention:
     """The periodic prune of a serving process."""
 
     def __init__(self, store: EventStore, older_than: timedelta, interval: float,
-                 batch: int) -> None:
+                 batch: int, force: bool = False) -> None:
         self.store = store
+        self.force = force
         self.older_than = older_than
         self.interval = interval
         self.batch = batch
@@ -81,7 +88,7 @@ class Retention:
     async def _run(self) -> None:
         while True:
             try:
-                result = await prune(self.store, self.older_than, self.batch)
+                result = await prune(self.store, self.older_than, self.batch, force=self.force)
                 self.deleted += result.deleted
                 if result.deleted:
                     log.info("pruned %d events older than %s up to %s", result.deleted,

@@ -142,6 +142,50 @@ class Settings:
                                         metadata={"help": "open streams per client address "
                                                           "(0: no limit)"})
     max_query: int = field(default=8192, metadata={"help": "bytes of query string accepted"})
+    # Webhooks (docs/webhooks.md): the deliverer that `serve` runs, and its limits.
+    no_webhooks: bool = field(default=False,
+                              metadata={"help": "do not deliver webhooks from this process "
+                                                "(the /webhooks API stays)"})
+    webhooks_allow_private: bool = field(
+        default=False, metadata={"help": "allow webhook URLs that resolve to loopback, private, "
+                                         "link-local or multicast addresses"})
+    webhooks_retry: str = field(default="5s,30s,2m,10m,1h",
+                                metadata={"help": "delays before the attempts after 1, 2, ... "
+                                                  "failures in a row, the last one repeating "
+                                                  "(with jitter)"})
+    webhooks_disable_after: str = field(default="3d",
+                                        metadata={"help": "continuous failure after which a "
+                                                          "webhook is disabled (90s, 12h, 3d)"})
+    webhooks_concurrency: int = field(default=32,
+                                      metadata={"help": "webhook requests in flight per "
+                                                        "process (one per webhook at most)"})
+    webhooks_linger: float = field(default=0.25,
+                                   metadata={"help": "seconds a busy webhook waits after a "
+                                                     "request began before the next, so that "
+                                                     "its events travel in fewer, larger "
+                                                     "requests (a quiet one sends at once)"})
+    webhooks_batch_events: int = field(default=100,
+                                       metadata={"help": "events per webhook request, at most"})
+    webhooks_batch_bytes: int = field(default=256 * 1024,
+                                      metadata={"help": "bytes of event data per webhook "
+                                                        "request, about (one event always fits)"})
+    webhooks_connect_timeout: float = field(default=5.0,
+                                            metadata={"help": "seconds to connect to a "
+                                                              "webhook's URL"})
+    webhooks_timeout: float = field(default=10.0,
+                                    metadata={"help": "seconds a webhook request may take in "
+                                                      "all (connect, send, response)"})
+    webhooks_lease: float = field(default=30.0,
+                                  metadata={"help": "seconds a process holds a webhook without "
+                                                    "renewing; another takes over after it "
+                                                    "dies (at least webhooks_timeout + 2)"})
+    webhooks_connections: int = field(default=2,
+                                      metadata={"help": "database connections for webhook "
+                                                        "delivery per process"})
+    prune_past_webhooks: bool = field(
+        default=False, metadata={"help": "retention prunes by age even past the cursor of "
+                                         "webhooks (they get sse.gap); default: it waits for "
+                                         "webhooks that are not disabled"})
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> Settings:

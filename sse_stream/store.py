@@ -63,6 +63,8 @@ class StoreLimits:
     statement_timeout: float = 10.0
     scan_rows: int = 10_000
     page_bytes: int = 1 << 20
+    # Retention and webhook delivery (see `EventStore.background`).
+    background_connections: int = 1
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,8 @@ class EventStore:
         self.limits = limits
         self.reads_capacity = Capacity("read", limits.read_connections, limits.wait)
         self.publish_capacity = Capacity("publish", limits.publish_connections, limits.wait)
+        self.background_capacity = Capacity("background", limits.background_connections,
+                                            limits.wait)
         self._reads: asyncpg.Pool | None = None
         self._writes: asyncpg.Pool | None = None
         self._background: asyncpg.Pool | None = None
@@ -235,7 +239,7 @@ class EventStore:
         limits = self.limits
         self._reads = await self._pool(self.dsn, limits.read_connections)
         self._writes = await self._pool(self.dsn, limits.publish_connections)
-        self._background = await self._pool(self.dsn, 1)
+        self._background = await self._pool(self.dsn, limits.background_connections)
         if self.replica_dsn:
             self._replica = await self._pool(self.replica_dsn, limits.read_connections)
 
@@ -264,7 +268,12 @@ class EventStore:
             raise DatabaseUnavailable(str(error) or type(error).__name__) from error
 
     async def _live_fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        """Run a statement on the live path's own connection (made on demand)."""
+        """Run a statement on the live path's own connection (made on demand).
+
+        asyncpg prepares each statement once per connection and keeps it
+        (its statement cache): a wake-up pays for the round trip only. An
+        explicit prepare() measured the same (benchmarks/ab.py, peruser).
+        """
         async with self._live_lock:
             try:
                 if self._live is None or self._live.is_closed():
@@ -310,7 +319,8 @@ class EventStore:
 
     async def read_selected(self, after: Position, limit: int, selector: SelectorSql, *,
                             sse: bool = True, cloudevents: bool = False, replica: bool = False,
-                            wait: float | None = None) -> Frames:
+                            wait: float | None = None, background: bool = False,
+                            max_bytes: int | None = None) -> Frames:
         """One page of a subscriber's catch-up (`sse`) or of a JSON page,
         filtered in SQL, each event as the bytes the client gets.
 
@@ -318,14 +328,19 @@ class EventStore:
         StoreLimits). `wait` bounds the wait for a read connection (None:
         as long as it takes); past it, Overloaded. On the primary, a
         position beyond anything handed out is reported as `future`.
+        `background` reads on the background capacity (webhook delivery);
+        `max_bytes` replaces the configured byte budget.
         """
         self.reads += 1
         limits = self.limits
         replica = replica and self._replica is not None
         sql = _selected_sql(selector, sse, cloudevents)
-        args = (str(after.xid), after.id, limit + 1, limits.scan_rows, limits.page_bytes,
+        args = (str(after.xid), after.id, limit + 1, limits.scan_rows,
+                limits.page_bytes if max_bytes is None else max_bytes,
                 *selector.params)
-        async with self.reads_capacity.slot(wait):
+        capacity, pool = ((self.background_capacity, self._background) if background
+                          else (self.reads_capacity, self._reads))
+        async with capacity.slot(wait):
             if replica:
                 self.replica_reads += 1
                 try:
@@ -337,7 +352,7 @@ class EventStore:
                     log.warning("replica read failed, reading the primary: %s", error)
                     replica = False
             if not replica:
-                async with self._connection(self._reads) as connection:
+                async with self._connection(pool) as connection:
                     row = await connection.fetchrow(sql, *args)
         xmin: int = row["xmin"]
         pruned = _pruned(row)
@@ -357,18 +372,28 @@ class EventStore:
             full, covered = False, max(after, Position.after_horizon(xmin))
         return Frames(row["body"] or b"", row["taken"], last, covered, full, pruned)
 
+    @asynccontextmanager
+    async def background(self, wait: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the background capacity, which live reads, pages
+        and publishing never use (webhook delivery, retention)."""
+        async with self.background_capacity.slot(wait), \
+                self._connection(self._background) as connection:
+            yield connection
+
     async def pruned_position(self) -> Position | None:
         async with self._connection(self._background) as connection:
             row = await connection.fetchrow(query("pruned_position"))
         return None if row is None else Position(row[0], row[1])
 
-    async def prune_batch(self, older_than: timedelta, limit: int) -> tuple[int, Position | None]:
+    async def prune_batch(self, older_than: timedelta, limit: int,
+                          force: bool = False) -> tuple[int, Position | None]:
         """Delete at most `limit` of the oldest final events created before
-        now - `older_than`; return how many and the highest position deleted."""
+        now - `older_than`, none past a webhook's cursor unless `force`;
+        return how many and the highest position deleted."""
         async with self._connection(self._background) as connection:
             cutoff = await connection.fetchval("SELECT clock_timestamp() - $1::interval",
                                                older_than)
-            row = await connection.fetchrow(query("prune_batch"), cutoff, limit)
+            row = await connection.fetchrow(query("prune_batch"), cutoff, limit, force)
         deleted: int = row["deleted"]
         return deleted, None if row["xid"] is None else Position(row["xid"], row["id"])
 

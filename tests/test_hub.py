@@ -254,7 +254,7 @@ async def test_join_between_a_shared_read_and_its_fan_out(harness: Harness,
     store = ScriptedStore(snapshot_at_entry=at_entry)
     hub = await harness.start(store, replay_page_size=3)
     pages: list[list[int]] = []
-    hub.observers.append(lambda events: pages.append([e.id for e in events]))
+    hub.observers.append(lambda page: page.events and pages.append([e.id for e in page.events]))
     store.live_gate.close()
     store.commit(1, 2, 3, 4, 5)
     hub.wake()
@@ -286,7 +286,7 @@ async def test_live_page_straddling_the_join(harness: Harness) -> None:
     assert hub.watermark == horizon(1) and subscription.replayed_through == horizon(3)
     assert response.frames() == [1, 2, 3, mark(3)]
     pages: list[list[int]] = []
-    hub.observers.append(lambda events: pages.append([e.id for e in events]))
+    hub.observers.append(lambda page: page.events and pages.append([e.id for e in page.events]))
     store.commit(4, 5, 6)
     writes = len(response.writes)
     await harness.flush()

@@ -25,6 +25,7 @@ SHIPPED = {
     "0002_capture.sql": "341366d90ea5c593d13a81e0aec5af7381e1aee727366e86c6641eb4956ebc0b",
     "0003_replay_indexes.sql": "b777d4e9aae95497527f13010bbb30dfde58f05b7292e91f0eee318df3402066",
     "0004_isolation.sql": "4b0c2318f9ee93f6704408455f7a2323c0db77bc7cae97176fcc4085a3e06d93",
+    "0005_webhooks.sql": "d9777e30548c2cd19bce740ade106a58b7b83d45c8b4cb2a9aeca223481fab42",
     "0006_publishing.sql": "ab49781a27b3ee2c867bbae85312b031f9c2123e063cf0103d79d043e22358a6",
 }
 
