@@ -33,7 +33,7 @@ from sse_stream.migrate import migrate_dsn  # noqa: E402
 from sse_stream.patterns import parse_pattern_list, parse_type_filter  # noqa: E402
 from sse_stream.queries import query  # noqa: E402
 from sse_stream.settings import Settings  # noqa: E402
-from sse_stream.store import StoreLimits  # noqa: E402
+from sse_stream.capacity import StoreLimits  # noqa: E402
 from sse_stream.subscription import Selector  # noqa: E402
 
 TARGET = "orders.target"

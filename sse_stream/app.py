@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import handlers, webhook_handlers
-from .auth import AccessPolicy
+from .access import CORS_HEADERS, CORS_METHODS, AccessPolicy, CorsPolicy, OpenStreams
 from .deliverer import Deliverer
 from .errors import DatabaseUnavailable, InvalidInput
 from .handlers import (
@@ -27,14 +27,14 @@ from .handlers import (
     REGISTRY,
     SETTINGS,
     STORE,
-    OpenStreams,
 )
 from .hub import Hub
 from .listener import Listener
 from .metrics import HubCollector
 from .retention import Retention, parse_age
 from .settings import Settings
-from .store import EventStore, StoreLimits
+from .capacity import StoreLimits
+from .store import EventStore
 from .tasks import cancel_and_wait
 from .webhook_handlers import DELIVERER
 from .webhooks import check_webhook_settings
@@ -205,39 +205,6 @@ def client_assets() -> dict[str, Asset]:
                                  **{"X-TypeScript-Types": "/client.d.ts"}),
         "/client.d.ts": Asset.load("client.d.ts", "application/typescript; charset=utf-8"),
     }
-
-
-CORS_METHODS = ("GET", "POST")
-# What a browser frontend needs to send; nothing is exposed beyond the
-# CORS-safelisted response headers.
-CORS_HEADERS = ("Authorization", "Last-Event-ID", "Idempotency-Key", "Content-Type")
-
-
-@dataclass(frozen=True)
-class CorsPolicy:
-    origins: frozenset[str]
-    any_origin: bool
-    credentials: bool
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CorsPolicy:
-        origins = frozenset(o.strip().rstrip("/") for o in (settings.cors_origins or "").split(",")
-                            if o.strip())
-        any_origin = "*" in origins
-        if any_origin and settings.cors_credentials:
-            raise ValueError("cors_origins '*' cannot go with cors_credentials: list the origins")
-        return cls(origins - {"*"}, any_origin, settings.cors_credentials)
-
-    def allowed(self, origin: str) -> bool:
-        return self.any_origin or origin in self.origins
-
-    def headers(self, origin: str) -> dict[str, str]:
-        found = {"Access-Control-Allow-Origin": "*" if self.any_origin else origin}
-        if not self.any_origin:
-            found["Vary"] = "Origin"
-        if self.credentials:
-            found["Access-Control-Allow-Credentials"] = "true"
-        return found
 
 
 CORS = web.AppKey("cors", CorsPolicy)

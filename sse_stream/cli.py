@@ -84,7 +84,7 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .auth import AccessPolicy
+    from .access import AccessPolicy
 
     settings = _settings(args)
     _configure_logging(settings)

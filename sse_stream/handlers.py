@@ -6,17 +6,16 @@ application/problem+json response by `problem_middleware`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .auth import AccessPolicy, Address, Grant, Unauthorized, allows, find_token
+from .access import AccessPolicy, Address, OpenStreams, client_group
+from .auth import Grant, Unauthorized, allows, find_token
 from .batch import parse_body, validate_idempotency_key
 from .errors import DatabaseUnavailable, InvalidInput, Overloaded
 from .events import ORIGIN, Position, parse_position
@@ -38,44 +37,6 @@ HUB = web.AppKey("hub", Hub)
 LISTENER = web.AppKey("listener", Listener)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 ACCESS = web.AppKey("access", AccessPolicy)
-
-
-@dataclass
-class OpenStreams:
-    """Open streams per process and per client address, for the limits."""
-
-    total: int = 0
-    by_client: dict[str, int] = field(default_factory=dict)
-
-    def open(self, client: str, settings: Settings) -> None:
-        """Count one more stream for `client`, or raise 503/429 with Retry-After."""
-        if settings.max_streams and self.total >= settings.max_streams:
-            raise InvalidInput("streams", f"this server has {self.total} open streams, its "
-                               "limit; retry later or elsewhere", status=503,
-                               headers={"Retry-After": "5"})
-        mine = self.by_client.get(client, 0)
-        if settings.max_streams_per_client and mine >= settings.max_streams_per_client:
-            raise InvalidInput("streams", f"{mine} streams are open from {client}, the limit "
-                               "per client address (IPv6: per /64)", status=429,
-                               headers={"Retry-After": "5"})
-        self.total += 1
-        self.by_client[client] = mine + 1
-
-    def close(self, client: str) -> None:
-        self.total -= 1
-        left = self.by_client[client] - 1
-        if left:
-            self.by_client[client] = left
-        else:
-            del self.by_client[client]
-
-
-def client_group(address: Address) -> str:
-    """What the per-client limit counts by: an IPv4 address, or an IPv6 address's
-    /64 (one host or subscriber line is given a whole /64 and may use any of it)."""
-    if address.version == 6:
-        return str(ipaddress.ip_network((address, 64), strict=False))
-    return str(address)
 
 
 OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)

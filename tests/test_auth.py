@@ -654,7 +654,7 @@ async def test_token_command_mints_a_working_token(start_server: StartServer,
 
 
 def test_serve_says_which_mode_it_runs_in(dsn: str) -> None:
-    from sse_stream.auth import AccessPolicy
+    from sse_stream.access import AccessPolicy
     from sse_stream.settings import Settings
 
     assert AccessPolicy.from_settings(Settings(dsn=dsn)).describe().startswith("PROTECTED MODE")
