@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .auth import TokenVerifier, parse_pattern_setting, verifier_from_settings
-from .errors import InvalidInput
+from .errors import Refusal
 from .patterns import StreamPattern
 from .settings import Settings
 
@@ -98,16 +98,16 @@ class AccessPolicy:
         else:
             for name, lines in headers.items():
                 if lines:
-                    raise InvalidInput(name, "the server runs in protected mode and this "
+                    raise Refusal(name, "the server runs in protected mode and this "
                                        "request was relayed by a peer that is not in "
                                        "trusted_proxies; configure a token key to serve "
                                        "clients through a proxy", status=403)
             clients = [peer]
         if not all(client is not None and client.is_loopback for client in clients):
-            raise InvalidInput("Authorization", "the server runs in protected mode: "
+            raise Refusal("Authorization", "the server runs in protected mode: "
                                "only loopback clients may subscribe or publish", status=403)
         if host is not None and not is_loopback_host(host):
-            raise InvalidInput("Host", f"the server runs in protected mode and {host!r:.80} "
+            raise Refusal("Host", f"the server runs in protected mode and {host!r:.80} "
                                "is not a loopback name (localhost, 127.0.0.1, [::1]); "
                                "configure a token key to serve other names", status=403)
 
@@ -115,12 +115,12 @@ class AccessPolicy:
         """Right to left, the first hop that is not a trusted proxy (all trusted: the first)."""
         hops = _HOPS[header](lines)
         if not hops:
-            raise InvalidInput(header, "names no client address")
+            raise Refusal(header, "names no client address")
         address: Address | None = None
         for hop in reversed(hops):
             address = _node(hop)
             if address is None:
-                raise InvalidInput(header, f"{hop!r:.60} is not an IP address")
+                raise Refusal(header, f"{hop!r:.60} is not an IP address")
             if not self._trusted(address):
                 return address
         assert address is not None
@@ -181,13 +181,13 @@ def _forwarded_hops(lines: Sequence[str]) -> list[str]:
         while position < len(line):
             match = _FORWARDED_PART.match(line, position)
             if match is None or (after_pair and match["name"]):
-                raise InvalidInput("Forwarded", "not a list of name=value pairs (RFC 7239)")
+                raise Refusal("Forwarded", "not a list of name=value pairs (RFC 7239)")
             position = match.end()
             after_pair = bool(match["name"])
             if match["name"]:
                 name, value = match["name"].lower(), match["value"]
                 if name in element:
-                    raise InvalidInput("Forwarded", f"{name}= appears twice in one element")
+                    raise Refusal("Forwarded", f"{name}= appears twice in one element")
                 if value.startswith('"'):
                     value = re.sub(r"\\(.)", r"\1", value[1:-1])
                 element[name] = value
@@ -264,12 +264,12 @@ class OpenStreams:
     def open(self, client: str, settings: Settings) -> None:
         """Count one more stream for `client`, or raise 503/429 with Retry-After."""
         if settings.max_streams and self.total >= settings.max_streams:
-            raise InvalidInput("streams", f"this server has {self.total} open streams, its "
+            raise Refusal("streams", f"this server has {self.total} open streams, its "
                                "limit; retry later or elsewhere", status=503,
                                headers={"Retry-After": "5"})
         mine = self.by_client.get(client, 0)
         if settings.max_streams_per_client and mine >= settings.max_streams_per_client:
-            raise InvalidInput("streams", f"{mine} streams are open from {client}, the limit "
+            raise Refusal("streams", f"{mine} streams are open from {client}, the limit "
                                "per client address (IPv6: per /64)", status=429,
                                headers={"Retry-After": "5"})
         self.total += 1

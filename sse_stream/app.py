@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from . import handlers, webhook_handlers
 from .access import CORS_HEADERS, CORS_METHODS, AccessPolicy, CorsPolicy, OpenStreams
 from .deliverer import Deliverer
-from .errors import DatabaseUnavailable, InvalidInput
+from .errors import DatabaseUnavailable, Refusal
 from .handlers import (
     ACCESS,
     HUB,
@@ -226,17 +226,17 @@ async def _preflight(request: web.Request) -> web.Response:
     cors = request.app[CORS]
     origin = request.headers.get("Origin")
     if not origin or not cors.allowed(origin):
-        raise InvalidInput("Origin", "this origin is not allowed (cors_origins)", status=403)
+        raise Refusal("Origin", "this origin is not allowed (cors_origins)", status=403)
     method = request.headers.get("Access-Control-Request-Method", "")
     if method not in CORS_METHODS:
-        raise InvalidInput("Access-Control-Request-Method", f"allowed: {', '.join(CORS_METHODS)}",
+        raise Refusal("Access-Control-Request-Method", f"allowed: {', '.join(CORS_METHODS)}",
                            status=403)
     allowed = {name.lower() for name in CORS_HEADERS}
     asked = [h.strip() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")
              if h.strip()]
     refused = [h for h in asked if h.lower() not in allowed]
     if refused:
-        raise InvalidInput("Access-Control-Request-Headers", f"not allowed: {', '.join(refused)}",
+        raise Refusal("Access-Control-Request-Headers", f"not allowed: {', '.join(refused)}",
                            status=403)
     return web.Response(status=204, headers={
         "Access-Control-Allow-Methods": ", ".join(CORS_METHODS),

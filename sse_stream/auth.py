@@ -34,7 +34,7 @@ from typing import Any
 
 import jwt
 
-from .errors import InvalidInput
+from .errors import Refusal
 from .filter_syntax import parse_data_filters
 from .filters import MAX_FILTERS, AnyOf, Condition
 from .jwks import KeySet
@@ -47,7 +47,7 @@ ASYMMETRIC = ("RS256", "ES256")
 MIN_SECRET_BYTES = 32
 
 
-class Unauthorized(InvalidInput):
+class Unauthorized(Refusal):
     """No token, or one that does not verify: 401."""
 
     def __init__(self, param: str, detail: str) -> None:
@@ -99,12 +99,12 @@ class Grant:
             if any(granted.contains(pattern) for granted in anonymous):
                 candidates.insert(0, ())
             if not candidates:
-                raise InvalidInput(param, f"the token does not allow to subscribe "
+                raise Refusal(param, f"the token does not allow to subscribe "
                                    f"{pattern.text!r}", status=403)
             common = candidates if common is None else [c for c in common if c in candidates]
             if not common:
                 before = ", ".join(repr(p.text) for p in requested[:index])
-                raise InvalidInput(param, f"the token grants {pattern.text!r} with other data "
+                raise Refusal(param, f"the token grants {pattern.text!r} with other data "
                                    f"filters (where) than {before}; open a separate stream "
                                    "for each", status=403)
         if not common:
@@ -190,7 +190,7 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
     def pattern(value: Any, name: str) -> StreamPattern:
         try:
             return parse_pattern(value, param)
-        except InvalidInput:
+        except Refusal:
             raise Unauthorized(param, f"{name} holds an invalid stream pattern") from None
 
     def where(values: Any, name: str) -> Terms:
@@ -199,7 +199,7 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
                                "'data.customer_id=eq.42'")
         try:
             return parse_where(values, name)
-        except InvalidInput as error:
+        except Refusal as error:
             raise Unauthorized(param, error.detail) from None
 
     publish = section.get("publish", [])
@@ -244,19 +244,19 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
 def parse_where(texts: Sequence[str], name: str) -> Terms:
     """A `where` list: data filters in the query syntax, `data.<path>=<op>.<value>`
     or `or=(...)`, each split at its first `=`, at most MAX_FILTERS (each member
-    of an or= counting). Raises InvalidInput naming `name`."""
+    of an or= counting). Raises Refusal naming `name`."""
     pairs = []
     for text in texts:
         key, equals, value = text.partition("=")
         if not equals or not (key == "or" or key.startswith("data.")):
-            raise InvalidInput(name, f"{name}: {text[:60]!r} is not a data filter "
+            raise Refusal(name, f"{name}: {text[:60]!r} is not a data filter "
                                "(data.<path>=<op>.<value> or or=(...))")
         pairs.append((key, value))
     try:
         parsed = parse_data_filters(pairs)
-    except InvalidInput as error:
+    except Refusal as error:
         # repr: the text comes from a token, and may hold what JSON cannot (surrogates).
-        raise InvalidInput(name, f"{name}: {error.param[:60]!r}: {error.detail}") from None
+        raise Refusal(name, f"{name}: {error.param[:60]!r}: {error.detail}") from None
     return parsed.terms if parsed is not None else ()
 
 
@@ -388,5 +388,5 @@ def parse_pattern_setting(text: str | None, name: str) -> tuple[StreamPattern, .
         return ()
     try:
         return tuple(parse_pattern(item.strip(), name) for item in text.split(",") if item.strip())
-    except InvalidInput as error:
+    except Refusal as error:
         raise ValueError(f"{name}: {error.detail}") from None

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidInput
+from .errors import Refusal
 from .patterns import RESERVED_TYPE_PREFIX, validate_stream_name, validate_type_name
 
 MAX_ITEMS = 1000
@@ -60,14 +60,14 @@ def parse_body(stream: str, body: bytes, *, fingerprint: bool = False) -> Batch:
     single = not isinstance(document, list)
     items: list[Any] = [document] if single else document
     if not items or len(items) > MAX_ITEMS:
-        raise InvalidInput("body", f"send one event object or an array of 1 to {MAX_ITEMS}")
+        raise Refusal("body", f"send one event object or an array of 1 to {MAX_ITEMS}")
     for index, item in enumerate(items):
         _check_item(item, "body" if single else f"body[{index}]")
     if _NUL_ESCAPE in body:
         for index, item in enumerate(items):
             if _NUL_RE.search(orjson.dumps(item)):
                 where = "body" if single else f"body[{index}]"
-                raise InvalidInput(f"{where}.data",
+                raise Refusal(f"{where}.data",
                                    "JSON text cannot contain \\u0000 (PostgreSQL jsonb refuses it)")
     text = body.decode()
     return Batch(stream, f"[{text}]" if single else text, len(items),
@@ -83,10 +83,10 @@ def _load(body: bytes) -> Any:
     except orjson.JSONDecodeError as error:
         reason = str(error.msg)
         if "depth" in reason or "recursion" in reason:
-            raise InvalidInput("body", f"JSON nested deeper than {MAX_DEPTH} levels") from None
+            raise Refusal("body", f"JSON nested deeper than {MAX_DEPTH} levels") from None
         if "infinity" in reason:
-            raise InvalidInput("body", "a number is too large for a 64-bit float") from None
-        raise InvalidInput("body", f"not valid JSON (UTF-8): {reason} at line {error.lineno} "
+            raise Refusal("body", "a number is too large for a 64-bit float") from None
+        raise Refusal("body", f"not valid JSON (UTF-8): {reason} at line {error.lineno} "
                            f"column {error.colno}") from None
     _check_depth(document)
     return document
@@ -98,7 +98,7 @@ def _check_depth(document: Any) -> None:
         value, depth = pending.pop()
         if isinstance(value, (list, dict)):
             if depth >= MAX_DEPTH:
-                raise InvalidInput("body", f"JSON nested deeper than {MAX_DEPTH} levels")
+                raise Refusal("body", f"JSON nested deeper than {MAX_DEPTH} levels")
             pending.extend((item, depth + 1)
                            for item in (value if isinstance(value, list) else value.values()))
 
@@ -112,7 +112,7 @@ def data_batch(stream: str, type_: str, lines: Iterable[bytes], first_line: int 
     validate_stream_name(stream, "STREAM")
     validate_type_name(type_, "TYPE")
     if type_.startswith(RESERVED_TYPE_PREFIX):
-        raise InvalidInput("TYPE", "types starting with 'sse.' are reserved")
+        raise Refusal("TYPE", "types starting with 'sse.' are reserved")
     parts = []
     for number, line in enumerate(lines, first_line):
         line = line.strip()
@@ -121,9 +121,9 @@ def data_batch(stream: str, type_: str, lines: Iterable[bytes], first_line: int 
         try:
             orjson.loads(line)
         except orjson.JSONDecodeError as error:
-            raise InvalidInput(f"line {number}", f"not JSON: {error}") from None
+            raise Refusal(f"line {number}", f"not JSON: {error}") from None
         if _NUL_RE.search(line):
-            raise InvalidInput(f"line {number}", "JSON text cannot contain \\u0000")
+            raise Refusal(f"line {number}", "JSON text cannot contain \\u0000")
         # The type is [A-Za-z0-9_.:-] only: it needs no escaping.
         parts.append(b'{"type":"%s","data":%s}' % (type_.encode(), line))
     return Batch(stream, (b"[" + b",".join(parts) + b"]").decode(), len(parts))
@@ -132,23 +132,23 @@ def data_batch(stream: str, type_: str, lines: Iterable[bytes], first_line: int 
 def validate_idempotency_key(value: str) -> str:
     """An Idempotency-Key: 1 to 255 printable ASCII characters, opaque."""
     if _KEY_RE.fullmatch(value) is None:
-        raise InvalidInput("Idempotency-Key",
+        raise Refusal("Idempotency-Key",
                            f"1 to {MAX_KEY} printable ASCII characters (a UUID is a good key)")
     return value
 
 
 def _check_item(item: Any, where: str) -> None:
     if not isinstance(item, dict):
-        raise InvalidInput(where, "each event is an object with type and data")
+        raise Refusal(where, "each event is an object with type and data")
     unknown = set(item) - {"type", "data"}
     if unknown:
-        raise InvalidInput(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        raise Refusal(f"{where}.{sorted(unknown)[0]}", "unknown field")
     type_ = item.get("type")
     if not isinstance(type_, str):
-        raise InvalidInput(f"{where}.type", "required, a string")
+        raise Refusal(f"{where}.type", "required, a string")
     validate_type_name(type_, f"{where}.type")
     if type_.startswith(RESERVED_TYPE_PREFIX):
-        raise InvalidInput(f"{where}.type", "types starting with 'sse.' are reserved")
+        raise Refusal(f"{where}.type", "types starting with 'sse.' are reserved")
 
 
 def _fingerprint(stream: str, items: list[Any]) -> bytes:

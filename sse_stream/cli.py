@@ -161,7 +161,7 @@ async def _publish(dsn: str, stream: str, type_: str, data: str, batch_size: int
     before its batch is written; the ids printed so far were written.
     """
     from .batch import data_batch
-    from .errors import DatabaseUnavailable, InvalidInput
+    from .errors import DatabaseUnavailable, Refusal
     from .store import EventStore
 
     def fail(message: str) -> int:
@@ -170,7 +170,7 @@ async def _publish(dsn: str, stream: str, type_: str, data: str, batch_size: int
 
     try:
         data_batch(stream, type_, [])  # the names, before connecting
-    except InvalidInput as error:
+    except Refusal as error:
         return fail(str(error))
     lines: Iterable[bytes] = sys.stdin.buffer if data == "-" else [data.encode()]
     store = EventStore(dsn)
@@ -185,7 +185,7 @@ async def _publish(dsn: str, stream: str, type_: str, data: str, batch_size: int
                 pending, first_line = [], number + 1
         if pending:
             await _publish_lines(store, data_batch(stream, type_, pending, first_line))
-    except InvalidInput as error:
+    except Refusal as error:
         return fail(str(error))
     except DatabaseUnavailable as error:
         return fail(f"database unavailable: {error}")
@@ -278,7 +278,7 @@ def _positive_int(text: str) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from .auth import check_secret, mint, parse_duration
-    from .errors import InvalidInput
+    from .errors import Refusal
 
     settings = _settings(args)
     if not settings.jwt_secret:
@@ -304,7 +304,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"sse-stream token: --ttl: {error}", file=sys.stderr)
         return 2
-    except InvalidInput as error:
+    except Refusal as error:
         print(f"sse-stream token: {error.detail}", file=sys.stderr)
         return 2
     print(token)

@@ -41,7 +41,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from .auth import parse_duration
-from .errors import DatabaseUnavailable, InvalidInput
+from .errors import DatabaseUnavailable, Refusal
 from .events import ORIGIN, Position
 from .metrics import Tally
 from .sender import MAX_ERROR, Sender
@@ -250,7 +250,7 @@ class Deliverer:
             for webhook in await self.webhooks.claim(self.owner, self.lease, -excess):
                 try:
                     selector = webhook.selector()
-                except InvalidInput as error:
+                except Refusal as error:
                     # Filters a backend wrote that the server cannot read.
                     await self.webhooks.refuse(webhook, self.owner,
                                                f"cannot deliver: {error}"[:MAX_ERROR])

@@ -7,8 +7,10 @@ class SseStreamError(Exception):
     """Base of every error this package raises on purpose."""
 
 
-class InvalidInput(SseStreamError):
-    """Client input that cannot be accepted; `param` names what was wrong."""
+class Refusal(SseStreamError):
+    """A request refused, as one problem+json at the boundary: bad input
+    (400, 409, 413, 414, 415, 422), no access (401, 403), too many (429) or
+    no room (503, with Retry-After). `param` names what was refused."""
 
     status = 400
 

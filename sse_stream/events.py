@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .errors import InvalidInput
+from .errors import Refusal
 
 MAX_ID = 2**63 - 1
 _POSITION_RE = re.compile(r"(0|[1-9][0-9]{0,19})-(0|[1-9][0-9]{0,18})")
@@ -54,10 +54,10 @@ def parse_position(value: str, param: str = "last_event_id") -> Position:
         return ORIGIN
     match = _POSITION_RE.fullmatch(text)
     if match is None:
-        raise InvalidInput(param, "not a position this server handed out")
+        raise Refusal(param, "not a position this server handed out")
     xid, id_ = int(match.group(1)), int(match.group(2))
     if xid > 2**64 - 1 or id_ > MAX_ID:
-        raise InvalidInput(param, "position out of range")
+        raise Refusal(param, "position out of range")
     return Position(xid, id_)
 
 

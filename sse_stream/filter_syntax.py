@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .errors import InvalidInput
+from .errors import Refusal
 from .filters import (IS_VALUES, MAX_FILTERS, MAX_IN_VALUES, MAX_PATH, OPERATORS, AnyOf,
                       Condition, DataFilter)
 
@@ -16,31 +16,31 @@ _SEGMENT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 
 def _check_text(value: str, param: str) -> str:
     if "\x00" in value:
-        raise InvalidInput(param, "a filter value cannot contain NUL")
+        raise Refusal(param, "a filter value cannot contain NUL")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput(param, "a filter value must be valid UTF-8") from None
+        raise Refusal(param, "a filter value must be valid UTF-8") from None
     return value
 
 
 def _check_path(segments: Sequence[str], param: str) -> tuple[str, ...]:
     if len(segments) > MAX_PATH:
-        raise InvalidInput(param, f"a data path has at most {MAX_PATH} keys")
+        raise Refusal(param, f"a data path has at most {MAX_PATH} keys")
     for segment in segments:
         if not segment:
-            raise InvalidInput(param, "a data path is object keys joined by '.', none empty")
+            raise Refusal(param, "a data path is object keys joined by '.', none empty")
         if _SEGMENT_RE.fullmatch(segment) is None:
-            raise InvalidInput(param, f"a data path key is [A-Za-z0-9_-]+, not {segment[:50]!r}")
+            raise Refusal(param, f"a data path key is [A-Za-z0-9_-]+, not {segment[:50]!r}")
     return tuple(segments)
 
 
 def _condition(path: tuple[str, ...], op: str, values: tuple[str, ...], negated: bool,
                param: str) -> Condition:
     if op == "is" and values[0] not in IS_VALUES:
-        raise InvalidInput(param, f"is takes null, true or false, not {values[0][:50]!r}")
+        raise Refusal(param, f"is takes null, true or false, not {values[0][:50]!r}")
     if len(values) > MAX_IN_VALUES:
-        raise InvalidInput(param, f"in takes at most {MAX_IN_VALUES} values")
+        raise Refusal(param, f"in takes at most {MAX_IN_VALUES} values")
     for value in values:
         _check_text(value, param)
     if op == "neq":
@@ -56,8 +56,8 @@ class _Scanner:
         self.param = param
         self.pos = 0
 
-    def fail(self, detail: str) -> InvalidInput:
-        return InvalidInput(self.param, f"{detail} at character {self.pos + 1}")
+    def fail(self, detail: str) -> Refusal:
+        return Refusal(self.param, f"{detail} at character {self.pos + 1}")
 
     def peek(self) -> str:
         return self.text[self.pos:self.pos + 1]
@@ -115,7 +115,7 @@ class _Scanner:
             self.pos += 1
             values.append(self.item())
             if len(values) > MAX_IN_VALUES:
-                raise InvalidInput(self.param, f"in takes at most {MAX_IN_VALUES} values")
+                raise Refusal(self.param, f"in takes at most {MAX_IN_VALUES} values")
         self.expect(")")
         return tuple(values)
 
@@ -126,10 +126,10 @@ def _parse_operation(text: str, path: tuple[str, ...], param: str) -> Condition:
     rest = text[4:] if negated else text
     op, dot, value = rest.partition(".")
     if op not in OPERATORS:
-        raise InvalidInput(param, f"unknown operator {op[:20]!r}; use eq, neq, gt, gte, "
+        raise Refusal(param, f"unknown operator {op[:20]!r}; use eq, neq, gt, gte, "
                            "lt, lte, in, is, optionally after not.")
     if not dot:
-        raise InvalidInput(param, f"expected {op}.<value>")
+        raise Refusal(param, f"expected {op}.<value>")
     if op == "in":
         scanner = _Scanner(value, param)
         values = scanner.items()
@@ -189,7 +189,7 @@ def parse_data_filters(pairs: Sequence[tuple[str, str]]) -> DataFilter | None:
     """The data filters among all query parameters, or None if there are none.
 
     Reads `data.<path>` keys and `or`; ignores every other key. Raises
-    InvalidInput naming the offending key.
+    Refusal naming the offending key.
     """
     terms: list[Condition | AnyOf] = []
     count = 0
@@ -204,7 +204,7 @@ def parse_data_filters(pairs: Sequence[tuple[str, str]]) -> DataFilter | None:
         else:
             continue
         if count > MAX_FILTERS:
-            raise InvalidInput(key, f"at most {MAX_FILTERS} data filters per request, "
+            raise Refusal(key, f"at most {MAX_FILTERS} data filters per request, "
                                "counting each member of or=(...)")
         terms.append(term)
     return DataFilter(tuple(terms)) if terms else None

@@ -1,6 +1,6 @@
 """aiohttp handlers: parse and check the request, then hand over to the hub.
 
-Every refusal is an InvalidInput (or an HTTP error) turned into one
+Every refusal is an Refusal (or an HTTP error) turned into one
 application/problem+json response by `problem_middleware`.
 """
 
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from .access import AccessPolicy, Address, OpenStreams, client_group
 from .auth import Grant, Unauthorized, allows, find_token
 from .batch import parse_body, validate_idempotency_key
-from .errors import DatabaseUnavailable, InvalidInput, Overloaded
+from .errors import DatabaseUnavailable, Refusal, Overloaded
 from .events import ORIGIN, Position, parse_position
 from .filter_syntax import parse_data_filters
 from .hub import Hub
@@ -76,10 +76,10 @@ async def problem_middleware(request: web.Request,
     try:
         limit = request.app[SETTINGS].max_query
         if len(request.query_string) > limit:
-            raise InvalidInput("query", f"the query string is longer than {limit} bytes",
+            raise Refusal("query", f"the query string is longer than {limit} bytes",
                                status=414)
         return await handler(request)
-    except InvalidInput as error:
+    except Refusal as error:
         return problem(error.status, error.detail, error.param, headers=error.headers)
     except DatabaseUnavailable:
         return problem(503, "the database is unavailable; retry shortly",
@@ -145,7 +145,7 @@ async def authorize(request: web.Request, action: Literal["subscribe", "publish"
         else grant.publish
     if not allows((*granted, *anonymous), patterns):
         refused = next(p.text for p in patterns if not allows((*granted, *anonymous), [p]))
-        raise InvalidInput(param, f"the token does not allow to {action} {refused!r}",
+        raise Refusal(param, f"the token does not allow to {action} {refused!r}",
                            status=403)
     return grant
 
@@ -153,7 +153,7 @@ async def authorize(request: web.Request, action: Literal["subscribe", "publish"
 def _check_params(request: web.Request, allowed: set[str]) -> None:
     for key in request.query:
         if key not in allowed and not key.startswith("data."):
-            raise InvalidInput(key, "unknown query parameter")
+            raise Refusal(key, "unknown query parameter")
 
 
 def parse_selector(request: web.Request) -> Selector:
@@ -192,7 +192,7 @@ def _start_position(request: web.Request) -> Position | None:
 def _cloudevents(request: web.Request) -> bool:
     value = request.query.get("format", "envelope")
     if value not in FORMATS:
-        raise InvalidInput("format", "must be envelope or cloudevents")
+        raise Refusal("format", "must be envelope or cloudevents")
     return value == "cloudevents"
 
 
@@ -204,7 +204,7 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     cloudevents = _cloudevents(request)
     live = request.query.get("live", "true")
     if live not in ("true", "false"):
-        raise InvalidInput("live", "must be true or false")
+        raise Refusal("live", "must be true or false")
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
     if hub.closing:
@@ -261,9 +261,9 @@ async def read_page(request: web.Request) -> web.Response:
     try:
         limit = int(request.query.get("limit", PAGE_DEFAULT))
     except ValueError:
-        raise InvalidInput("limit", "must be a whole number") from None
+        raise Refusal("limit", "must be a whole number") from None
     if not 1 <= limit <= PAGE_MAX:
-        raise InvalidInput("limit", f"must be between 1 and {PAGE_MAX}")
+        raise Refusal("limit", f"must be between 1 and {PAGE_MAX}")
     store = request.app[STORE]
     selector_sql = selector.to_sql()
     # A bounded wait for a read connection (else 503): a page is one short
@@ -278,7 +278,7 @@ async def read_page(request: web.Request) -> web.Response:
         page = await store.read_selected(after, limit, selector_sql, sse=False,
                                          cloudevents=cloudevents, wait=wait)
     if page.future:
-        raise InvalidInput("after", "this position is beyond anything this database has "
+        raise Refusal("after", "this position is beyond anything this database has "
                            "handed out (a restored or replaced cluster?); start again from "
                            f"0 or from {page.covered.encode()}, the current end", status=409)
     has_more = page.full
@@ -316,7 +316,7 @@ async def publish(request: web.Request) -> web.Response:
     headers = {}
     if published.replayed:
         if published.fingerprint != batch.fingerprint:
-            raise InvalidInput("Idempotency-Key", "this key was used for another request "
+            raise Refusal("Idempotency-Key", "this key was used for another request "
                                "(other events); use a new key", status=422)
         headers["Idempotent-Replayed"] = "true"
     return web.Response(status=201, body=b'{"ids":%s}' % orjson.dumps(published.ids),
@@ -332,7 +332,7 @@ def _check_json(request: web.Request) -> None:
     """
     value = request.headers.get("Content-Type", "")
     if value.partition(";")[0].strip().lower() != "application/json":
-        raise InvalidInput("Content-Type", "the body must be sent as 'Content-Type: "
+        raise Refusal("Content-Type", "the body must be sent as 'Content-Type: "
                            "application/json'", status=415,
                            headers={"Accept-Post": "application/json"})
 
@@ -340,7 +340,7 @@ def _check_json(request: web.Request) -> None:
 async def _read_body(request: web.Request) -> bytes:
     """The whole body, refused with a 413 as soon as it passes MAX_BODY."""
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise InvalidInput("body", f"at most {MAX_BODY} bytes", status=413)
+        raise Refusal("body", f"at most {MAX_BODY} bytes", status=413)
     chunks: list[bytes] = []
     size = 0
     # StreamReader.read(n) returns what has arrived, not n bytes: loop to EOF.
@@ -348,7 +348,7 @@ async def _read_body(request: web.Request) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
         if size > MAX_BODY:
-            raise InvalidInput("body", f"at most {MAX_BODY} bytes", status=413)
+            raise Refusal("body", f"at most {MAX_BODY} bytes", status=413)
     return b"".join(chunks)
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from .errors import InvalidInput
+from .errors import Refusal
 
 MAX_NAME = 200
 _SEGMENT = r"[A-Za-z0-9_-]+"
@@ -33,14 +33,14 @@ def is_type_name(value: str) -> bool:
 
 def validate_stream_name(value: str, param: str = "stream") -> str:
     if not is_stream_name(value):
-        raise InvalidInput(param, "a stream name is 1 to 200 characters: segments of "
+        raise Refusal(param, "a stream name is 1 to 200 characters: segments of "
                            "[A-Za-z0-9_-] joined by '.'")
     return value
 
 
 def validate_type_name(value: str, param: str = "type") -> str:
     if not is_type_name(value):
-        raise InvalidInput(param, "a type is 1 to 200 characters of [A-Za-z0-9_.:-]")
+        raise Refusal(param, "a type is 1 to 200 characters of [A-Za-z0-9_.:-]")
     return value
 
 
@@ -94,9 +94,9 @@ def _contains(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:
 
 
 def parse_pattern(text: str, param: str = "streams") -> StreamPattern:
-    """Parse one stream name or pattern; raises InvalidInput naming `param`."""
+    """Parse one stream name or pattern; raises Refusal naming `param`."""
     if not text or len(text) > MAX_NAME:
-        raise InvalidInput(param, f"stream pattern {text[:50]!r} must be 1 to 200 characters")
+        raise Refusal(param, f"stream pattern {text[:50]!r} must be 1 to 200 characters")
     segments = tuple(text.split("."))
     parts: list[str] = []
     for index, segment in enumerate(segments):
@@ -104,12 +104,12 @@ def parse_pattern(text: str, param: str = "streams") -> StreamPattern:
             parts.append(_SEGMENT)
         elif segment == ">":
             if index != len(segments) - 1:
-                raise InvalidInput(param, f"in {text!r}, '>' may only be the last segment")
+                raise Refusal(param, f"in {text!r}, '>' may only be the last segment")
             parts.append(rf"{_SEGMENT}(?:\.{_SEGMENT})*")
         elif _SEGMENT_RE.fullmatch(segment):
             parts.append(segment)
         else:
-            raise InvalidInput(param, f"{text!r} is not a stream name or pattern: segments "
+            raise Refusal(param, f"{text!r} is not a stream name or pattern: segments "
                                "are [A-Za-z0-9_-]+, '*' or a final '>'")
     return StreamPattern(text, segments, re.compile(r"\.".join(parts)))
 
@@ -118,7 +118,7 @@ def parse_pattern_list(text: str, param: str = "streams", limit: int = 50) -> tu
     """Parse a comma-separated list of patterns (duplicates removed, order kept)."""
     items = text.split(",")
     if len(items) > limit:
-        raise InvalidInput(param, f"at most {limit} streams or patterns per subscription")
+        raise Refusal(param, f"at most {limit} streams or patterns per subscription")
     seen: dict[str, StreamPattern] = {}
     for item in items:
         if item not in seen:
@@ -146,7 +146,7 @@ def parse_type_filter(values: list[str], param: str = "type") -> TypeFilter | No
         if value.endswith("*"):
             prefix = value[:-1]
             if prefix and not _TYPE_RE.fullmatch(prefix):
-                raise InvalidInput(param, f"{value[:50]!r} is not a type or a type prefix glob")
+                raise Refusal(param, f"{value[:50]!r} is not a type or a type prefix glob")
             prefixes.append(prefix)
         else:
             validate_type_name(value, param)

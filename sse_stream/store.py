@@ -19,7 +19,7 @@ import asyncpg
 
 from .batch import Batch
 from .capacity import Capacity, StoreLimits
-from .errors import DatabaseUnavailable, InvalidInput
+from .errors import DatabaseUnavailable, Refusal
 from .events import Event, Position
 from .queries import SelectorSql, query
 
@@ -364,7 +364,7 @@ class EventStore:
         except asyncpg.DataError as error:
             # The checks in sse_stream.batch run first; this is the backstop
             # for anything jsonb refuses that they let through.
-            raise InvalidInput("body", error.args[0] if error.args else str(error)) from error
+            raise Refusal("body", error.args[0] if error.args else str(error)) from error
         return Published(row["ids"], row["replayed"], row["stored_hash"])
 
     async def prune_idempotency_keys(self, older_than: float) -> int:

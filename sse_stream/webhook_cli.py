@@ -66,7 +66,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, dsn: str, allow_private: bool) -> int:
-    from .errors import DatabaseUnavailable, InvalidInput
+    from .errors import DatabaseUnavailable, Refusal
     from .events import parse_position
     from .store import EventStore
     from .webhook_store import WebhookStore
@@ -111,7 +111,7 @@ async def _run(args: argparse.Namespace, dsn: str, allow_private: bool) -> int:
         if found is None:
             return fail(f"no webhook {id_}", 1)
         return _print(await webhooks.details(found) if args.action == "show" else found.view())
-    except InvalidInput as error:
+    except Refusal as error:
         return fail(f"{error.param}: {error.detail}")
     except DatabaseUnavailable as error:
         return fail(f"database unavailable: {error}")

@@ -5,7 +5,7 @@ stream of the webhook (sent as `Authorization: Bearer` or `access_token`,
 never a cookie: these requests write); without a key configured, protected
 mode (loopback only). A webhook the token does not cover answers 404, as an
 unknown one does: one tenant cannot probe another's. Refusals are
-InvalidInput, turned into problem+json by handlers.problem_middleware.
+Refusal, turned into problem+json by handlers.problem_middleware.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .auth import Grant, Unauthorized, allows, find_token
 from .deliverer import Deliverer
-from .errors import InvalidInput
+from .errors import Refusal
 from .events import parse_position
 from .handlers import ACCESS, SETTINGS, STORE
 from .patterns import parse_pattern
@@ -49,7 +49,7 @@ async def _grant(request: web.Request) -> Grant | None:
                            "webhooks: send it as 'Authorization: Bearer <token>'")
     grant = await policy.verifier.verify(token, where)
     if not grant.webhooks:
-        raise InvalidInput("Authorization", "the token does not allow to manage webhooks "
+        raise Refusal("Authorization", "the token does not allow to manage webhooks "
                            "(its claim has no \"webhooks\" patterns)", status=403)
     return grant
 
@@ -68,34 +68,34 @@ def _id(request: web.Request) -> str:
     try:
         return str(uuid.UUID(text))
     except ValueError:
-        raise InvalidInput("id", "no such webhook", status=404) from None
+        raise Refusal("id", "no such webhook", status=404) from None
 
 
 async def _body(request: web.Request) -> Any:
     if request.headers.get("Content-Type", "").partition(";")[0].strip().lower() \
             != "application/json":
-        raise InvalidInput("Content-Type", "the body must be sent as 'Content-Type: "
+        raise Refusal("Content-Type", "the body must be sent as 'Content-Type: "
                            "application/json'", status=415)
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise InvalidInput("body", f"at most {MAX_BODY} bytes", status=413)
+        raise Refusal("body", f"at most {MAX_BODY} bytes", status=413)
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.read(MAX_BODY + 1 - size):
         chunks.append(chunk)
         size += len(chunk)
         if size > MAX_BODY:
-            raise InvalidInput("body", f"at most {MAX_BODY} bytes", status=413)
+            raise Refusal("body", f"at most {MAX_BODY} bytes", status=413)
     try:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError:
-        raise InvalidInput("body", "not JSON") from None
+        raise Refusal("body", "not JSON") from None
 
 
 async def _mine(request: web.Request, grant: Grant | None) -> Webhook:
     """The webhook of the path, if the token covers it (else 404)."""
     webhook = await _store(request).get(_id(request))
     if webhook is None or not _covers(grant, webhook.streams):
-        raise InvalidInput("id", "no such webhook", status=404)
+        raise Refusal("id", "no such webhook", status=404)
     return webhook
 
 
@@ -116,7 +116,7 @@ async def create(request: web.Request) -> web.Response:
     grant = await _grant(request)
     spec = WebhookSpec.parse(await _body(request))
     if not _covers(grant, spec.streams):
-        raise InvalidInput("streams", "the token does not allow webhooks on these streams",
+        raise Refusal("streams", "the token does not allow webhooks on these streams",
                            status=403)
     settings = request.app[SETTINGS]
     await AddressGuard(settings.webhooks_allow_private).check_url(spec.url)
@@ -146,18 +146,18 @@ async def change(request: web.Request) -> web.Response:
     grant = await _grant(request)
     body = await _body(request)
     if not isinstance(body, dict) or not body:
-        raise InvalidInput("body", 'expected {"paused": true|false} and/or '
+        raise Refusal("body", 'expected {"paused": true|false} and/or '
                            '{"rewind_to": "0" or a position}')
     unknown = sorted(set(body) - _PATCH_FIELDS)
     if unknown:
-        raise InvalidInput(unknown[0][:60], "unknown field")
+        raise Refusal(unknown[0][:60], "unknown field")
     paused = body.get("paused")
     if "paused" in body and not isinstance(paused, bool):
-        raise InvalidInput("paused", "must be true or false")
+        raise Refusal("paused", "must be true or false")
     rewind = body.get("rewind_to")
     if "rewind_to" in body:
         if not isinstance(rewind, str):
-            raise InvalidInput("rewind_to", 'expected "0" or a position')
+            raise Refusal("rewind_to", 'expected "0" or a position')
         parse_position(rewind, "rewind_to")
     webhook: Webhook | None = await _mine(request, grant)
     store = _store(request)
@@ -169,7 +169,7 @@ async def change(request: web.Request) -> web.Response:
         webhook = await store.resume(_id(request))
     _poke(request)
     if webhook is None:  # deleted meanwhile
-        raise InvalidInput("id", "no such webhook", status=404)
+        raise Refusal("id", "no such webhook", status=404)
     return _json(webhook.view())
 
 
@@ -178,7 +178,7 @@ async def delete(request: web.Request) -> web.Response:
     grant = await _grant(request)
     webhook = await _mine(request, grant)
     if not await _store(request).delete(webhook.id):
-        raise InvalidInput("id", "no such webhook", status=404)
+        raise Refusal("id", "no such webhook", status=404)
     _poke(request)
     return web.Response(status=204)
 

@@ -3,7 +3,7 @@ background capacity: webhooks never take the connections of live reads,
 pages or publishing.
 
 A database module, like store.py: outages come out as DatabaseUnavailable
-(EventStore translates them), values the database refuses as InvalidInput.
+(EventStore translates them), values the database refuses as Refusal.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from .errors import InvalidInput
+from .errors import Refusal
 from .events import Position
 from .queries import query
 from .store import EventStore
@@ -62,7 +62,7 @@ class WebhookStore:
         except asyncpg.DataError as error:
             # The functions of sql/0005_webhooks.sql check what a backend
             # passes; the server checks first, so this is the backstop.
-            raise InvalidInput("body", str(error).removeprefix("sse_stream: ")) from error
+            raise Refusal("body", str(error).removeprefix("sse_stream: ")) from error
 
     async def _rows(self, name: str, *args: Any) -> list[Webhook]:
         async with self._connection() as connection:

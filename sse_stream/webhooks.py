@@ -34,7 +34,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from .auth import parse_duration, parse_where
-from .errors import InvalidInput
+from .errors import Refusal
 from .events import ORIGIN, Position, parse_position
 from .filters import DataFilter
 from .patterns import parse_pattern, parse_type_filter
@@ -69,7 +69,7 @@ def position_text(position: Position) -> str:
 def selector_of(streams: Sequence[str], types: Sequence[str] | None,
                 filters: Sequence[str]) -> Selector:
     """The selector of a webhook's streams, types and data filters (the
-    syntax of a subscription); raises InvalidInput naming the field."""
+    syntax of a subscription); raises Refusal naming the field."""
     patterns = {text: parse_pattern(text, "streams") for text in streams}
     terms = parse_where(list(filters), "where")
     return Selector(tuple(patterns.values()), parse_type_filter(list(types or []), "type"),
@@ -152,33 +152,33 @@ class WebhookSpec:
 
     @classmethod
     def parse(cls, body: Any) -> WebhookSpec:
-        """From a request body; raises InvalidInput naming the offending field."""
+        """From a request body; raises Refusal naming the offending field."""
         if not isinstance(body, dict):
-            raise InvalidInput("body", 'expected a JSON object {"url", "streams", "type"?, '
+            raise Refusal("body", 'expected a JSON object {"url", "streams", "type"?, '
                                '"where"?, "start"?}')
         unknown = sorted(set(body) - _FIELDS)
         if unknown:
-            raise InvalidInput(unknown[0][:60], "unknown field")
+            raise Refusal(unknown[0][:60], "unknown field")
         streams = body.get("streams")
         if isinstance(streams, str):
             streams = streams.split(",")
         if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
-            raise InvalidInput("streams", "a list of stream names or patterns (or one, or "
+            raise Refusal("streams", "a list of stream names or patterns (or one, or "
                                "a comma list) is required")
         if not 1 <= len(streams) <= MAX_STREAMS:
-            raise InvalidInput("streams", f"1 to {MAX_STREAMS} streams or patterns")
+            raise Refusal("streams", f"1 to {MAX_STREAMS} streams or patterns")
         types = body.get("type")
         if isinstance(types, str):
             types = [types]
         if types is not None and (not isinstance(types, list) or not types
                                   or not all(isinstance(t, str) for t in types)):
-            raise InvalidInput("type", "a list of types or type globs (order.*)")
+            raise Refusal("type", "a list of types or type globs (order.*)")
         filters = body.get("where", [])
         if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
-            raise InvalidInput("where", "a list of data filters such as 'data.customer_id=eq.42'")
+            raise Refusal("where", "a list of data filters such as 'data.customer_id=eq.42'")
         start = body.get("start", "now")
         if not isinstance(start, str):
-            raise InvalidInput("start", 'expected "now", "0" or a position')
+            raise Refusal("start", 'expected "now", "0" or a position')
         if start != "now":
             parse_position(start, "start")
         spec = cls(check_url(body.get("url")), tuple(dict.fromkeys(streams)),
@@ -190,20 +190,20 @@ class WebhookSpec:
 def check_url(value: Any, param: str = "url") -> str:
     """The target URL, normalised: http(s), a host, no credentials or fragment."""
     if not isinstance(value, str) or not value:
-        raise InvalidInput(param, "an http:// or https:// URL is required")
+        raise Refusal(param, "an http:// or https:// URL is required")
     if len(value) > MAX_URL or not value.isprintable() or any(c.isspace() for c in value):
-        raise InvalidInput(param, f"at most {MAX_URL} printable characters, no spaces")
+        raise Refusal(param, f"at most {MAX_URL} printable characters, no spaces")
     try:
         url = URL(value)
     except (ValueError, TypeError):
-        raise InvalidInput(param, "not a URL") from None
+        raise Refusal(param, "not a URL") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidInput(param, "an http:// or https:// URL with a host is required")
+        raise Refusal(param, "an http:// or https:// URL with a host is required")
     if url.user is not None or url.password is not None:
-        raise InvalidInput(param, "credentials in the URL are not allowed (they would show in "
+        raise Refusal(param, "credentials in the URL are not allowed (they would show in "
                            "GET /webhooks); put a token in the path or query instead")
     if url.fragment:
-        raise InvalidInput(param, "a fragment (#...) is never sent; leave it out")
+        raise Refusal(param, "a fragment (#...) is never sent; leave it out")
     return str(url)
 
 
@@ -334,15 +334,15 @@ class AddressGuard:
                 found = await asyncio.get_running_loop().getaddrinfo(
                     parsed.host, parsed.port, type=socket.SOCK_STREAM)
         except TimeoutError:
-            raise InvalidInput(param, f"{parsed.host} did not resolve within "
+            raise Refusal(param, f"{parsed.host} did not resolve within "
                                f"{RESOLVE_TIMEOUT:g} s") from None
         except OSError as error:
-            raise InvalidInput(param, str(error) if "refused" in str(error) else
+            raise Refusal(param, str(error) if "refused" in str(error) else
                                f"{parsed.host} does not resolve: {error}") from None
         for *_, sockaddr in found:
             reason = refusal(ipaddress.ip_address(str(sockaddr[0]).split("%")[0]))
             if reason is not None:
-                raise InvalidInput(param, f"{parsed.host} resolves to {sockaddr[0]}, a {reason} "
+                raise Refusal(param, f"{parsed.host} resolves to {sockaddr[0]}, a {reason} "
                                    "address: refused unless the server runs with "
                                    "--webhooks-allow-private")
 

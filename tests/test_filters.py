@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sse_stream.errors import InvalidInput
+from sse_stream.errors import Refusal
 from sse_stream.events import Event
 from sse_stream.filter_syntax import parse_data_filters
 from sse_stream.filters import MAX_FILTERS, MAX_IN_VALUES, AnyOf, Condition, DataFilter
@@ -165,7 +165,7 @@ INVALID: list[tuple[Pairs, str]] = [
 
 @pytest.mark.parametrize(("pairs", "param"), INVALID)
 def test_invalid_input_names_the_parameter(pairs: Pairs, param: str) -> None:
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(Refusal) as caught:
         parse_data_filters(pairs)
     assert caught.value.param == param
     assert caught.value.status == 400

@@ -28,7 +28,7 @@ from webhook_receiver import Receiver, Request, exact_retries, verify
 
 from sse_stream.app import create_app
 from sse_stream.cli import main
-from sse_stream.errors import InvalidInput
+from sse_stream.errors import Refusal
 from sse_stream.retention import prune
 from sse_stream.settings import Settings
 from sse_stream.store import EventStore
@@ -139,7 +139,7 @@ def test_refused_addresses(address: str, reason: str | None) -> None:
     ("https://example.com/x#frag", "fragment"), ("https://example.com/a b", "spaces"),
     ("https://example.com/" + "a" * 2048, "2048"), (42, "URL")])
 def test_url_checks(url: Any, detail: str) -> None:
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(Refusal) as caught:
         check_url(url)
     assert caught.value.param == "url" and detail in caught.value.detail
 
@@ -155,7 +155,7 @@ def test_spec_and_settings_checks() -> None:
                         ({"url": "https://e.com", "streams": ["a"], "type": ["a b"]}, "type"),
                         ({"url": "https://e.com", "streams": ["a"], "secret": "x"}, "secret"),
                         ([], "body")]:
-        with pytest.raises(InvalidInput) as caught:
+        with pytest.raises(Refusal) as caught:
             WebhookSpec.parse(body)
         assert caught.value.param == param
     assert parse_schedule("5s,30s,2m,10m,1h") == (5, 30, 120, 600, 3600)
