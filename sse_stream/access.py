@@ -12,9 +12,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .auth import TokenVerifier, parse_pattern_setting, verifier_from_settings
+from .auth import TokenVerifier, verifier_from_settings
 from .errors import Refusal
-from .patterns import StreamPattern
+from .patterns import StreamPattern, parse_pattern
 from .settings import Settings
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -33,16 +33,13 @@ class AccessPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AccessPolicy:
-        proxies: list[Network] = []
-        for item in (settings.trusted_proxies or "").split(","):
-            if item.strip():
-                try:
-                    proxies.append(ipaddress.ip_network(item.strip(), strict=False))
-                except ValueError as error:
-                    raise ValueError(f"trusted_proxies: {error}") from None
+        """Raises ValueError (or OSError for the key file) on a token key that cannot be
+        used; the patterns and networks were checked with the settings."""
         return cls(verifier_from_settings(settings),
-                   parse_pattern_setting(settings.anonymous_subscribe, "anonymous_subscribe"),
-                   settings.token_cookie, tuple(proxies))
+                   tuple(parse_pattern(p, "anonymous_subscribe")
+                         for p in settings.anonymous_subscribe),
+                   settings.token_cookie,
+                   tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies))
 
     def describe(self) -> str:
         """One line for the start-up log: what a client without a token can do."""
@@ -235,12 +232,9 @@ class CorsPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CorsPolicy:
-        origins = frozenset(o.strip().rstrip("/") for o in (settings.cors_origins or "").split(",")
-                            if o.strip())
-        any_origin = "*" in origins
-        if any_origin and settings.cors_credentials:
-            raise ValueError("cors_origins '*' cannot go with cors_credentials: list the origins")
-        return cls(origins - {"*"}, any_origin, settings.cors_credentials)
+        # Settings refuse '*' with credentials.
+        origins = frozenset(o.rstrip("/") for o in settings.cors_origins)
+        return cls(origins - {"*"}, "*" in origins, settings.cors_credentials)
 
     def allowed(self, origin: str) -> bool:
         return self.any_origin or origin in self.origins

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import handlers, webhook_handlers
 from .access import CORS_HEADERS, CORS_METHODS, AccessPolicy, CorsPolicy, OpenStreams
+from .capacity import StoreLimits
 from .deliverer import Deliverer
 from .errors import DatabaseUnavailable, Refusal
 from .handlers import (
@@ -31,13 +32,11 @@ from .handlers import (
 from .hub import Hub
 from .listener import Listener
 from .metrics import HubCollector
-from .retention import Retention, parse_age
+from .retention import Retention
 from .settings import Settings
-from .capacity import StoreLimits
 from .store import EventStore
 from .tasks import cancel_and_wait
 from .webhook_handlers import DELIVERER
-from .webhooks import check_webhook_settings
 
 log = logging.getLogger(__name__)
 # What the metrics collector reads at scrape time, filled by the lifecycle.
@@ -60,20 +59,19 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                                           scan_rows=settings.scan_rows,
                                           page_bytes=settings.page_bytes,
                                           background_connections=1 + (
-                                              0 if settings.no_webhooks
-                                              else settings.webhooks_connections)))
+                                              settings.webhooks_connections
+                                              if settings.webhooks else 0)))
     await store.open()
     hub = Hub(store, settings)
     listener = Listener(settings.dsn, hub.wake, keepalive=settings.listener_keepalive)
     app[STORE], app[HUB], app[LISTENER] = store, hub, listener
     retention = None
-    if settings.prune_older_than:
-        retention = Retention(store, parse_age(settings.prune_older_than),
+    if settings.prune_older_than is not None:
+        retention = Retention(store, timedelta(seconds=settings.prune_older_than),
                               settings.prune_interval, settings.prune_batch,
                               force=settings.prune_past_webhooks)
     # Webhooks: the hub hands each page of its shared read to the deliverer.
-    deliverer = None if settings.no_webhooks else Deliverer(store, settings,
-                                                            lambda: hub.watermark)
+    deliverer = Deliverer(store, settings, lambda: hub.watermark) if settings.webhooks else None
     if deliverer is not None:
         app[DELIVERER] = deliverer
         hub.observers.append(deliverer.observe)
@@ -83,12 +81,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if deliverer is not None:
         deliverer.start()
     listener.start()
-    # What exists by now (modules, classes, the app: about 55 000 objects)
-    # lives as long as the process. Frozen, it is left out of the collector's
-    # full collections, which otherwise walk it each time: a replay of
-    # 600 000 events ran about twenty of them, each pausing the loop for 40
-    # to 150 ms on a loaded machine (tests/test_lag.py).
-    gc.freeze()
     if retention is not None:
         retention.start()
     pruning = asyncio.create_task(_prune_idempotency_keys(store, settings.idempotency_ttl),
@@ -247,9 +239,6 @@ async def _preflight(request: web.Request) -> web.Response:
 def create_app(settings: Settings) -> web.Application:
     if settings.dsn is None:
         raise ValueError("create_app needs settings.dsn")
-    if settings.prune_older_than:
-        parse_age(settings.prune_older_than)  # refuse a bad age before serving
-    check_webhook_settings(settings)
     # aiohttp's own parser refuses long request lines with a plain-text
     # 400; let lines through well beyond our limit so that the app answers
     # an over-long query with a problem document (414).

@@ -25,7 +25,6 @@ Without a key the server runs in protected mode (access.py).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -347,18 +346,6 @@ def find_token(headers: Mapping[str, str], query: Mapping[str, str],
     return None
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """`90`, `90s`, `15m`, `1h`, `30d` → seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration like 90s, 15m, 1h or 30d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
 def mint(secret: str, subscribe: Sequence[str], publish: Sequence[str], ttl: float,
          subject: str | None = None, now: float | None = None, audience: str | None = None,
          issuer: str | None = None, where: Sequence[str] = (),
@@ -380,13 +367,3 @@ def mint(secret: str, subscribe: Sequence[str], publish: Sequence[str], ttl: flo
         if value is not None:
             claims[name] = value
     return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def parse_pattern_setting(text: str | None, name: str) -> tuple[StreamPattern, ...]:
-    """A comma list of patterns from a setting; raises ValueError naming it."""
-    if not text:
-        return ()
-    try:
-        return tuple(parse_pattern(item.strip(), name) for item in text.split(",") if item.strip())
-    except Refusal as error:
-        raise ValueError(f"{name}: {error.detail}") from None

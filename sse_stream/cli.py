@@ -1,48 +1,58 @@
-"""The `sse-stream` command. Every flag also reads SSE_STREAM_<FLAG>."""
+"""The `sse-stream` command.
+
+Every option is a flag, else SSE_STREAM_<FLAG>, else its default (one rule
+and one table, in settings.py). A value that cannot be used ends the command
+with one line, `sse-stream <command>: <message>`, and exit 2, before any
+database starts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .settings import Settings, env_name
+from .settings import (
+    CommandOptions,
+    Settings,
+    SettingsError,
+    add_flags,
+    env_name,
+    format_duration,
+    given,
+)
 
 if TYPE_CHECKING:
-    from .batch import Batch
-    from .store import EventStore
+    from aiohttp import web
 
 log = logging.getLogger("sse_stream")
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    by_name = {item.name: item for item in fields(Settings)}
-    for name in names:
-        item = by_name[name]
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{item.metadata.get('help', '')} (env {env_name(name)})"
-        if item.type == "bool":
-            parser.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
-        else:
-            kind = {"int": int, "float": float}.get(str(item.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=help_text)
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings from a command's flags, the environment and the defaults."""
+    return Settings.load(**given(args, Settings))
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    flags = {item.name: getattr(args, item.name, None) for item in fields(Settings)}
-    return Settings.load(**flags)
+def options_from(args: argparse.Namespace) -> CommandOptions:
+    return CommandOptions.load(**given(args, CommandOptions))
 
 
-def _ensure_database(settings: Settings) -> tuple[Settings, Any]:
-    """Start the embedded PostgreSQL when no DSN is configured."""
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The DSN to use: the configured one, or that of an embedded PostgreSQL
+    started here and stopped when the block ends."""
     if settings.dsn:
-        return settings, None
+        yield settings.dsn
+        return
     from .embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(settings.data_dir)
@@ -51,7 +61,17 @@ def _ensure_database(settings: Settings) -> tuple[Settings, Any]:
     print(f"DSN: {dsn}", file=sys.stderr)
     print(f"  psql '{dsn}' -c \"SELECT sse_stream.publish('orders', 'order.created', "
           "'{\\\"id\\\": 1}')\"", file=sys.stderr)
-    return settings.replace(dsn=dsn), server
+    try:
+        yield dsn
+    finally:
+        server.stop()
+
+
+def fail(args: argparse.Namespace, message: str) -> int:
+    """Say why the command refuses, in one line; its exit status is 2."""
+    command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+    print(f"sse-stream {command}: {message}", file=sys.stderr)
+    return 2
 
 
 def _serve_worker(settings: Settings, reuse_port: bool) -> None:
@@ -60,12 +80,24 @@ def _serve_worker(settings: Settings, reuse_port: bool) -> None:
     from .app import create_app
 
     _configure_logging(settings)
-    if not settings.no_uvloop:
+    if settings.uvloop:
         _use_uvloop()
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+    app = create_app(settings)
+    app.on_startup.append(_freeze_heap)  # after the lifecycle's start (cleanup_ctx)
+    web.run_app(app, host=settings.host, port=settings.port,
                 reuse_port=reuse_port or None, handler_cancellation=True,
                 shutdown_timeout=settings.shutdown_timeout, print=None,
                 access_log=None)
+
+
+async def _freeze_heap(_app: web.Application) -> None:
+    # What exists once the app has started (modules, classes, the app, its
+    # pool and hub: about 55 000 objects) lives as long as the process.
+    # Frozen, it is left out of the collector's full collections, which
+    # otherwise walk it each time: a replay of 600 000 events ran about
+    # twenty of them, each pausing the loop for 40 to 150 ms on a loaded
+    # machine (tests/test_lag.py).
+    gc.freeze()
 
 
 def _use_uvloop() -> None:
@@ -79,29 +111,27 @@ def _use_uvloop() -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
+    logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .access import AccessPolicy
 
-    settings = _settings(args)
+    settings = settings_from(args)
     _configure_logging(settings)
-    # Access settings are checked before any database starts: a bad key or
-    # a short secret costs nothing but this message.
+    # What the fields cannot check alone (one key of three, a secret's
+    # length, the key file) is checked before any database starts too.
     try:
         policy = AccessPolicy.from_settings(settings)
     except (OSError, ValueError) as error:
-        print(f"sse-stream serve: {error}", file=sys.stderr)
-        return 2
-    settings, embedded = _ensure_database(settings)
-    try:
-        if not settings.no_migrate:
+        return fail(args, str(error))
+    with database(settings) as dsn:
+        settings = settings.replace(dsn=dsn)
+        if settings.migrate:
             from .migrate import migrate_dsn
 
-            assert settings.dsn is not None
-            asyncio.run(migrate_dsn(settings.dsn))
+            asyncio.run(migrate_dsn(dsn))
         # Loud on purpose: an operator must not mistake protected mode for a
         # configured one, nor miss which streams are open to everyone.
         log.log(logging.WARNING if policy.verifier is None or policy.anonymous else logging.INFO,
@@ -111,9 +141,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _serve_worker(settings, reuse_port=False)
         else:
             _run_workers(settings)
-    finally:
-        if embedded is not None:
-            embedded.stop()
     return 0
 
 
@@ -139,206 +166,101 @@ def _run_workers(settings: Settings) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    from .migrate import migrate_dsn
+
+    settings = settings_from(args)
     _configure_logging(settings)
-    settings, embedded = _ensure_database(settings)
-    try:
-        from .migrate import migrate_dsn
-
-        assert settings.dsn is not None
-        applied = asyncio.run(migrate_dsn(settings.dsn))
+    with database(settings) as dsn:
+        applied = asyncio.run(migrate_dsn(dsn))
         print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
-    finally:
-        if embedded is not None:
-            embedded.stop()
     return 0
-
-
-async def _publish(dsn: str, stream: str, type_: str, data: str, batch_size: int) -> int:
-    """Publish `data`, or with `-` every line of stdin, in batches; print the ids.
-
-    Each batch is one transaction. A line that is not JSON stops the command
-    before its batch is written; the ids printed so far were written.
-    """
-    from .batch import data_batch
-    from .errors import DatabaseUnavailable, Refusal
-    from .store import EventStore
-
-    def fail(message: str) -> int:
-        print(f"sse-stream publish: {message}", file=sys.stderr)
-        return 2
-
-    try:
-        data_batch(stream, type_, [])  # the names, before connecting
-    except Refusal as error:
-        return fail(str(error))
-    lines: Iterable[bytes] = sys.stdin.buffer if data == "-" else [data.encode()]
-    store = EventStore(dsn)
-    try:
-        await store.open()
-        pending: list[bytes] = []
-        first_line = 1
-        for number, line in enumerate(lines, 1):
-            pending.append(line)
-            if len(pending) >= batch_size:
-                await _publish_lines(store, data_batch(stream, type_, pending, first_line))
-                pending, first_line = [], number + 1
-        if pending:
-            await _publish_lines(store, data_batch(stream, type_, pending, first_line))
-    except Refusal as error:
-        return fail(str(error))
-    except DatabaseUnavailable as error:
-        return fail(f"database unavailable: {error}")
-    finally:
-        await store.close()
-    return 0
-
-
-async def _publish_lines(store: EventStore, batch: Batch) -> None:
-    if batch.count:
-        published = await store.publish(batch)
-        print("\n".join(map(str, published.ids)), flush=True)
-
-
-def cmd_publish(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    settings, embedded = _ensure_database(settings)
-    try:
-        assert settings.dsn is not None
-        return asyncio.run(_publish(settings.dsn, args.stream, args.type, args.data,
-                                    args.batch_size))
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .client import SubscribeError
     from .tail import tail
 
+    options = options_from(args)
     try:
-        return asyncio.run(tail(args.url, start=args.start, types=tuple(args.type),
-                                filters=tuple(args.filter), token=args.token,
-                                state=Path(args.state) if args.state else None,
+        return asyncio.run(tail(args.url, start=options.start, types=tuple(args.type),
+                                filters=tuple(args.filter), token=options.token,
+                                state=Path(options.state) if options.state else None,
                                 live=not args.no_follow))
     except (ValueError, SubscribeError) as error:
-        print(f"sse-stream tail: {error}", file=sys.stderr)
-        return 2
+        return fail(args, str(error))
 
 
-async def _prune(dsn: str, older_than: str, batch: int, force: bool) -> int:
-    from .retention import parse_age, prune
+async def _prune(dsn: str, older_than: float, batch: int, force: bool) -> int:
+    from datetime import timedelta
+
+    from .retention import prune
     from .store import EventStore
 
-    age = parse_age(older_than)
     store = EventStore(dsn)
     await store.open()
     try:
-        result = await prune(store, age, batch, force=force)
+        result = await prune(store, timedelta(seconds=older_than), batch, force=force)
         position = await store.pruned_position()
     finally:
         await store.close()
-    print(f"deleted {result.deleted} event(s) older than {older_than} in {result.batches} "
-          f"batch(es); pruned up to {position.encode() if position else 'nothing'}")
+    print(f"deleted {result.deleted} event(s) older than {format_duration(older_than)} in "
+          f"{result.batches} batch(es); pruned up to "
+          f"{position.encode() if position else 'nothing'}")
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     _configure_logging(settings)
-    older_than = args.older_than or settings.prune_older_than
-    if not older_than:
-        print("sse-stream prune: --older-than is required (e.g. 30d)", file=sys.stderr)
-        return 2
-    settings, embedded = _ensure_database(settings)
-    try:
-        assert settings.dsn is not None
-        return asyncio.run(_prune(settings.dsn, older_than, settings.prune_batch,
+    if settings.prune_older_than is None:
+        return fail(args, "--older-than is required (e.g. 30d)")
+    with database(settings) as dsn:
+        return asyncio.run(_prune(dsn, settings.prune_older_than, settings.prune_batch,
                                   settings.prune_past_webhooks))
-    except ValueError as error:
-        print(f"sse-stream prune: {error}", file=sys.stderr)
-        return 2
-    finally:
-        if embedded is not None:
-            embedded.stop()
-
-
-def _env_default(name: str) -> str | None:
-    return os.environ.get(env_name(name)) or None
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from .auth import check_secret, mint, parse_duration
+    from .auth import check_secret, mint
     from .errors import Refusal
 
-    settings = _settings(args)
+    settings, options = settings_from(args), options_from(args)
     if not settings.jwt_secret:
-        print("sse-stream token: needs the HS256 secret: --jwt-secret or "
-              f"{env_name('jwt_secret')}", file=sys.stderr)
-        return 2
-    try:
-        check_secret(settings.jwt_secret)
-    except ValueError as error:
-        print(f"sse-stream token: {error}", file=sys.stderr)
-        return 2
+        return fail(args, f"needs the HS256 secret: --jwt-secret or {env_name('jwt_secret')}")
 
     def patterns(values: list[str]) -> list[str]:
         return [p.strip() for value in values for p in value.split(",") if p.strip()]
 
     try:
-        ttl = parse_duration(args.ttl)
+        check_secret(settings.jwt_secret)
         # The server's own audience and issuer settings are the defaults.
-        token = mint(settings.jwt_secret, patterns(args.subscribe), patterns(args.publish), ttl,
-                     subject=args.sub, audience=args.aud or settings.jwt_audience,
+        token = mint(settings.jwt_secret, patterns(args.subscribe), patterns(args.publish),
+                     options.ttl, subject=args.sub, audience=args.aud or settings.jwt_audience,
                      issuer=args.iss or settings.jwt_issuer, where=args.where,
                      webhooks=patterns(args.webhooks))
     except ValueError as error:
-        print(f"sse-stream token: --ttl: {error}", file=sys.stderr)
-        return 2
+        return fail(args, str(error))
     except Refusal as error:
-        print(f"sse-stream token: {error.detail}", file=sys.stderr)
-        return 2
+        return fail(args, error.detail)
     print(token)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sse-stream", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sse-stream", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server")
-    _add_setting_flags(serve, [f.name for f in fields(Settings)])
+    add_flags(serve, [f.name for f in fields(Settings)])
     serve.set_defaults(func=cmd_serve)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the schema")
-    _add_setting_flags(migrate, ["dsn", "data_dir", "log_level"])
+    add_flags(migrate, ["dsn", "data_dir", "log_level"])
     migrate.set_defaults(func=cmd_migrate)
 
-    publish = commands.add_parser("publish", help="publish events over SQL")
-    _add_setting_flags(publish, ["dsn", "data_dir"])
-    publish.add_argument("stream")
-    publish.add_argument("type")
-    publish.add_argument("data", nargs="?", default="null",
-                         help="the event's data as JSON (default null), or - to read JSON Lines "
-                              "from stdin: each line is the data of one event")
-    publish.add_argument("--batch-size", type=_positive_int, default=500,
-                         help="events per transaction when reading stdin (default 500)")
-    publish.set_defaults(func=cmd_publish)
-
     prune = commands.add_parser("prune", help="delete old events in small batches")
-    prune.add_argument("--older-than", default=None, metavar="AGE",
-                       help="age such as 30d, 12h, 90m (env SSE_STREAM_PRUNE_OLDER_THAN)")
-    _add_setting_flags(prune, ["dsn", "data_dir", "prune_batch", "prune_past_webhooks",
-                               "log_level"])
+    add_flags(prune, ["prune_older_than"], aliases={"prune_older_than": "--older-than"})
+    add_flags(prune, ["dsn", "data_dir", "prune_batch", "prune_past_webhooks", "log_level"])
     prune.set_defaults(func=cmd_prune)
 
     tail = commands.add_parser(
@@ -346,24 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay what was missed, then follow. URL is http://HOST/streams/STREAMS "
                     "(query filters allowed).")
     tail.add_argument("url")
-    tail.add_argument("--from", dest="start", default=_env_default("from"), metavar="POSITION",
-                      help="start after this position (0: the oldest event; default: live "
-                           "only) (env SSE_STREAM_FROM)")
+    add_flags(tail, ["start"], CommandOptions)
     tail.add_argument("--type", action="append", default=[], metavar="T",
                       help="only this type (repeatable, prefix glob *)")
     tail.add_argument("--filter", action="append", default=[], metavar="data.PATH=OP.VALUE",
                       help="data filter (repeatable, ANDed)")
-    tail.add_argument("--token", default=_env_default("token"),
-                      help="bearer token (env SSE_STREAM_TOKEN)")
-    tail.add_argument("--state", default=_env_default("state"), metavar="FILE",
-                      help="read the start position from FILE and keep saving it there; it wins "
-                           "over --from (env SSE_STREAM_STATE)")
+    add_flags(tail, ["token", "state"], CommandOptions)
     tail.add_argument("--no-follow", action="store_true",
                       help="end once caught up instead of following")
     tail.set_defaults(func=cmd_tail)
 
     token = commands.add_parser("token", help="mint an HS256 token with the configured secret")
-    _add_setting_flags(token, ["jwt_secret"])
+    add_flags(token, ["jwt_secret"])
     token.add_argument("--subscribe", action="append", default=[], metavar="PATTERN",
                        help="stream pattern the token may read (repeatable or comma list)")
     token.add_argument("--publish", action="append", default=[], metavar="PATTERN",
@@ -373,16 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "to, as in a query: data.customer_id=eq.42 or or=(...) (repeatable, "
                             "ANDed)")
     token.add_argument("--webhooks", action="append", default=[], metavar="PATTERN",
+
                        help="stream pattern whose webhooks the token may manage (repeatable)")
-    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 30d (default 1h)")
+    add_flags(token, ["ttl"], CommandOptions)
     token.add_argument("--sub", default=None, help="subject claim (e.g. the user id)")
     token.add_argument("--aud", default=None,
                        help=f"audience claim (default: {env_name('jwt_audience')})")
     token.add_argument("--iss", default=None,
                        help=f"issuer claim (default: {env_name('jwt_issuer')})")
     token.set_defaults(func=cmd_token)
-    from .webhook_cli import add_commands
-    add_commands(commands, _add_setting_flags)
+    from . import publish_cli, webhook_cli
+
+    publish_cli.add_command(commands)
+    webhook_cli.add_commands(commands)
     return parser
 
 
@@ -391,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result: int = args.func(args)
+    except SettingsError as error:
+        return fail(args, str(error))
     except KeyboardInterrupt:
         return 130
     return result

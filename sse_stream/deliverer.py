@@ -40,18 +40,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from .auth import parse_duration
 from .errors import DatabaseUnavailable, Refusal
 from .events import ORIGIN, Position
 from .metrics import Tally
 from .sender import MAX_ERROR, Sender
-from .settings import Settings
+from .settings import Settings, format_duration
 from .store import EventStore, Page
 from .subscription import Selector
 from .target import Target, Targets
 from .tasks import cancel_and_wait
 from .webhook_store import Backlog, Outcome, WebhookStore
-from .webhooks import AddressGuard, Webhook, gap_envelope, message_id, parse_schedule, retry_delay
+from .webhooks import AddressGuard, Webhook, gap_envelope, message_id, retry_delay
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,8 @@ class Deliverer:
         self.watermark = watermark  # the hub's: where its shared read stands
         self.webhooks = WebhookStore(store)
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
-        self.schedule = parse_schedule(settings.webhooks_retry)
-        self.disable_after = parse_duration(settings.webhooks_disable_after)
+        self.schedule = settings.webhooks_retry
+        self.disable_after = settings.webhooks_disable_after
         self.lease = settings.webhooks_lease
         self.sender = Sender(settings, AddressGuard(settings.webhooks_allow_private))
         self.targets = Targets()
@@ -374,7 +373,7 @@ class Deliverer:
         target.webhook = replace(webhook, pending_events=count, failures=webhook.failures + 1)
         if state == "disabled":
             log.warning("webhook %s disabled after failing for %s: %s", webhook.id,
-                        self.settings.webhooks_disable_after, outcome.error)
+                        format_duration(self.disable_after), outcome.error)
             self.targets.remove(target)
             self.poke()
             await self.webhooks.release(self.owner, [webhook.id])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -25,17 +24,7 @@ from .webhook_store import prune_attempts
 
 log = logging.getLogger(__name__)
 
-_AGE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d|w)")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 BATCH_PAUSE = 0.01  # seconds between batches: lets other work use the database
-
-
-def parse_age(text: str) -> timedelta:
-    """"30d", "12h", "90m", "45s", "2w" (a number and one unit)."""
-    match = _AGE_RE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{text!r}: expected a number and a unit s, m, h, d or w (e.g. 30d)")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
 @dataclass(frozen=True)

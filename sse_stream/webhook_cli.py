@@ -12,15 +12,14 @@ import argparse
 import asyncio
 import sys
 import uuid
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-AddFlags = Callable[[argparse.ArgumentParser, Sequence[str]], None]
+from .settings import add_flags
 
 
-def add_commands(commands: Any, add_setting_flags: AddFlags) -> None:
+def add_commands(commands: Any) -> None:
     """The `webhooks` command and its actions, on the CLI's subparsers."""
     webhooks = commands.add_parser("webhooks", help="manage webhooks (docs/webhooks.md)")
     actions = webhooks.add_subparsers(dest="action", required=True)
@@ -35,34 +34,29 @@ def add_commands(commands: Any, add_setting_flags: AddFlags) -> None:
     add.add_argument("--start", default="now",
                      help="now (default: events committed from now on), 0 (from the oldest "
                           "retained event) or a position")
-    add_setting_flags(add, ["dsn", "data_dir", "webhooks_allow_private"])
+    add_flags(add, ["dsn", "data_dir", "webhooks_allow_private"])
     listing = actions.add_parser("list", help="every webhook, oldest first")
-    add_setting_flags(listing, ["dsn", "data_dir"])
+    add_flags(listing, ["dsn", "data_dir"])
     for name, text in (("show", "one webhook: state, cursor, backlog, last attempts"),
                        ("pause", "stop delivering"),
                        ("resume", "deliver again from the cursor (also after disabled)"),
                        ("delete", "delete the webhook and its attempt log")):
         action = actions.add_parser(name, help=text)
         action.add_argument("id")
-        add_setting_flags(action, ["dsn", "data_dir"])
+        add_flags(action, ["dsn", "data_dir"])
     rewind = actions.add_parser("rewind", help="move the cursor: deliver again after POSITION")
     rewind.add_argument("id")
     rewind.add_argument("position", help="0 (from the oldest retained event) or a position")
-    add_setting_flags(rewind, ["dsn", "data_dir"])
+    add_flags(rewind, ["dsn", "data_dir"])
     webhooks.set_defaults(func=cmd_webhooks)
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
-    from .cli import _ensure_database, _settings
+    from .cli import database, settings_from
 
-    settings = _settings(args)
-    settings, embedded = _ensure_database(settings)
-    try:
-        assert settings.dsn is not None
-        return asyncio.run(_run(args, settings.dsn, settings.webhooks_allow_private))
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    settings = settings_from(args)
+    with database(settings) as dsn:
+        return asyncio.run(_run(args, dsn, settings.webhooks_allow_private))
 
 
 async def _run(args: argparse.Namespace, dsn: str, allow_private: bool) -> int:

@@ -33,12 +33,11 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from .auth import parse_duration, parse_where
+from .auth import parse_where
 from .errors import Refusal
 from .events import ORIGIN, Position, parse_position
 from .filters import DataFilter
 from .patterns import parse_pattern, parse_type_filter
-from .settings import Settings
 from .subscription import Selector
 
 STATES = ("active", "paused", "disabled")
@@ -245,34 +244,6 @@ def gap_envelope(requested: Position, resumed: Position) -> bytes:
 
 
 # -- retries --------------------------------------------------------------------------
-
-
-def parse_schedule(text: str) -> tuple[float, ...]:
-    """Comma list of delays (5s,30s,2m,10m,1h): after the n-th failure in a
-    row the n-th, and the last one from then on. Raises ValueError."""
-    delays = tuple(parse_duration(item) for item in text.split(",") if item.strip())
-    if not delays or min(delays) <= 0:
-        raise ValueError(f"{text!r}: expected delays such as 5s,30s,2m,10m,1h")
-    return delays
-
-
-def check_webhook_settings(settings: Settings) -> None:
-    """Refuse bad webhook settings before serving (ValueError naming the setting)."""
-    try:
-        parse_schedule(settings.webhooks_retry)
-    except ValueError as error:
-        raise ValueError(f"webhooks_retry: {error}") from None
-    try:
-        parse_duration(settings.webhooks_disable_after)
-    except ValueError as error:
-        raise ValueError(f"webhooks_disable_after: {error}") from None
-    for name in ("webhooks_concurrency", "webhooks_batch_events", "webhooks_batch_bytes",
-                 "webhooks_connections", "webhooks_timeout", "webhooks_connect_timeout"):
-        if getattr(settings, name) <= 0:
-            raise ValueError(f"{name} must be more than 0")
-    if settings.webhooks_lease < settings.webhooks_timeout + 2:
-        # A request must end well before the lease that covers it lapses.
-        raise ValueError("webhooks_lease must be at least webhooks_timeout + 2 seconds")
 
 
 def retry_delay(schedule: Sequence[float], failures: int, rng: random.Random) -> float:

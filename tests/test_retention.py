@@ -6,32 +6,32 @@ import asyncio
 import os
 import subprocess
 import sys
-from datetime import timedelta
 
 import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
-
 from sse import envelope, open_stream
-from sse_stream.app import create_app
-from sse_stream.retention import parse_age
-from sse_stream.settings import Settings
 from support import ROOT, old_events, position_of, publish, table_ids
+
+from sse_stream.app import create_app
+from sse_stream.settings import Settings, parse_duration
 
 STREAM = "orders"
 
 
 @pytest.mark.parametrize("text,seconds", [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400),
-                                          ("45s", 45), ("2w", 1209600), ("1.5h", 5400)])
-def test_parse_age(text: str, seconds: int) -> None:
-    assert parse_age(text) == timedelta(seconds=seconds)
+                                          ("45s", 45), ("2w", 1209600), ("1.5h", 5400),
+                                          ("30", 30)])
+def test_ages_are_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+    assert Settings(prune_older_than=text).prune_older_than == seconds
 
 
-@pytest.mark.parametrize("text", ["", "30", "d", "30 days", "-1d", "1y"])
-def test_parse_age_refuses(text: str) -> None:
+@pytest.mark.parametrize("text", ["d", "30 days", "-1d", "1y"])
+def test_a_bad_age_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
-        parse_age(text)
+        parse_duration(text)
 
 
 async def test_prune_command_deletes_an_old_prefix_in_batches(fresh_dsn: str) -> None:
