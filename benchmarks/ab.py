@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -518,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ab: WARNING: uvloop is installed on one side only", file=sys.stderr)
     logs = Path(args.logs) if args.logs else Path(tempfile.mkdtemp(prefix="sse-stream-ab-"))
     logs.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     print(f"A: {ref.label} {subject!r}\n   server {ref.python}, {ref.src}")
     print(f"B: {work.label}\n   server {work.python}, {work.src}")
     print(f"{len(scenarios)} scenario(s) x {args.runs} run(s) per side, "

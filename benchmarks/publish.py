@@ -51,10 +51,10 @@ sys.path.append(str(ROOT / "tests"))  # server_process, shared with the tests
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import orjson  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 from sse_stream.client import SseParser  # noqa: E402
 from sse_stream.migrate import migrate_dsn  # noqa: E402
-from server_process import ServerProcess  # noqa: E402
 
 PROBE_STREAM = "bench-probe"
 PROBE_PERIOD = 0.02

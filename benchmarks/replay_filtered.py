@@ -26,15 +26,15 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sse_stream.app import create_app  # noqa: E402
-from sse_stream.embedded import EmbeddedPostgres  # noqa: E402
-from sse_stream.filter_syntax import parse_data_filters  # noqa: E402
-from sse_stream.migrate import migrate_dsn  # noqa: E402
-from sse_stream.patterns import parse_pattern_list, parse_type_filter  # noqa: E402
-from sse_stream.queries import query  # noqa: E402
-from sse_stream.settings import Settings  # noqa: E402
-from sse_stream.capacity import StoreLimits  # noqa: E402
-from sse_stream.subscription import Selector  # noqa: E402
+from sse_stream.app import create_app
+from sse_stream.capacity import StoreLimits
+from sse_stream.embedded import EmbeddedPostgres
+from sse_stream.filter_syntax import parse_data_filters
+from sse_stream.migrate import migrate_dsn
+from sse_stream.patterns import parse_pattern_list, parse_type_filter
+from sse_stream.queries import query
+from sse_stream.settings import Settings
+from sse_stream.subscription import Selector
 
 TARGET = "orders.target"
 # (label, streams, query parameters)
@@ -92,7 +92,7 @@ async def timed_get(session: aiohttp.ClientSession, url: str) -> tuple[float, in
 
 
 async def measure(dsn: str, plans_file: Path | None) -> None:
-    app = create_app(Settings(dsn=dsn, no_migrate=True))
+    app = create_app(Settings(dsn=dsn, migrate=False))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -114,14 +114,15 @@ async def measure(dsn: str, plans_file: Path | None) -> None:
                 query_string = "&".join(f"{k}={v}" for k, v in pairs)
                 sse_times, page_times, count = [], [], 0
                 for _ in range(RUNS):
-                    elapsed, count = await timed_get(
-                        session, f"{base}/streams/{streams}?last_event_id=0&live=false&{query_string}")
+                    elapsed, count = await timed_get(session, f"{base}/streams/{streams}"
+                                                     f"?last_event_id=0&live=false&{query_string}")
                     sse_times.append(elapsed)
                     elapsed, _ = await timed_get(
                         session, f"{base}/streams/{streams}/events?limit=1000&{query_string}")
                     page_times.append(elapsed)
                 print(f"{label:<26} {count:>6} {statistics.median(sql_times):>8.1f}"
-                      f" {statistics.median(sse_times):>14.1f} {statistics.median(page_times):>8.1f}")
+                      f" {statistics.median(sse_times):>14.1f}"
+                      f" {statistics.median(page_times):>8.1f}")
     finally:
         await connection.close()
         await runner.cleanup()

@@ -88,9 +88,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))  # server_process
-import webhooks_bench  # noqa: E402
-from loadgen import SseConnection, connect, connect_many, percentile, raise_open_files  # noqa: E402
-from server_process import ServerProcess  # noqa: E402
+import webhooks_bench
+from loadgen import SseConnection, connect, connect_many, percentile, raise_open_files
+from server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PAD = "x" * 110  # with seq, user_id and ts: about 200 bytes of data per event
@@ -289,8 +289,8 @@ async def publish_elsewhere(dsn: str, stream: str, rate: float, seconds: float, 
                             batch: int = 100, users: int = 1000,
                             per_user: bool | None = None, per_tx: int = 0) -> tuple[int, float]:
     """`publish` in a process of its own, so a busy load generator cannot slow it down."""
-    from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return await asyncio.get_running_loop().run_in_executor(

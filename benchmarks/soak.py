@@ -37,9 +37,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -49,10 +50,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "tests"))  # server_process, shared with the tests
 
+from server_process import ServerProcess  # noqa: E402
+
 from sse_stream.embedded import EmbeddedPostgres  # noqa: E402
 from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME  # noqa: E402
 from sse_stream.migrate import migrate_dsn  # noqa: E402
-from server_process import ServerProcess  # noqa: E402
 
 Predicate = Callable[[str, str, Any], bool]  # (stream, type, data) -> matches
 TAGS = ("red", "green", "blue")
@@ -187,7 +189,7 @@ async def subscribe(subscriber: Subscriber, base: str, session: aiohttp.ClientSe
                         return
                     if time.monotonic() > hang_up_at and not subscriber.settling:
                         break  # hang up, often in the middle of a frame
-        except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError, ConnectionError):
             subscriber.errors += 1
         await asyncio.sleep(rng.uniform(0, 0.3))
 
@@ -235,7 +237,7 @@ async def write(dsn: str, prefix: str, seed: int, stop: asyncio.Event, rate: flo
                     await transaction.commit()
                     stats.committed += 1
                     stats.events += count
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
                     asyncpg.InternalClientError):
                 stats.failures += 1
                 if connection is not None:
@@ -259,7 +261,7 @@ async def kill_listeners(dsn: str, every: float, stop: asyncio.Event) -> tuple[i
         try:
             await asyncio.wait_for(stop.wait(), every)
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         attempts += 1
         connection = await asyncpg.connect(dsn)
@@ -333,7 +335,8 @@ async def run(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, An
             table = await table_events(dsn, prefix)
             expected: dict[int, list[str]] = {}
             for subscriber in subscribers:
-                expected[subscriber.number] = [p for p, s, t, d in table if subscriber.matches(s, t, d)]
+                expected[subscriber.number] = [p for p, s, t, d in table
+                                               if subscriber.matches(s, t, d)]
                 subscriber.settling = True
                 subscriber.target = len(expected[subscriber.number])
             settle_started = time.monotonic()

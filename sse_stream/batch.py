@@ -22,7 +22,7 @@ from .patterns import RESERVED_TYPE_PREFIX, validate_stream_name, validate_type_
 
 MAX_ITEMS = 1000
 MAX_KEY = 255
-_KEY_RE = re.compile(r"[\x20-\x7e]{1,%d}" % MAX_KEY)
+_KEY_RE = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY}}}")
 # PostgreSQL's jsonb cannot hold U+0000. In orjson's output a NUL is always
 # the escape \u0000, and a backslash before it is itself escaped (\\), so an
 # odd run of backslashes before "u0000" is a NUL.

@@ -29,7 +29,6 @@ from urllib.parse import quote
 
 from .errors import SseStreamError
 
-
 PASSWORD_FILE = "sse-stream-password"
 HBA_MARKER = "# sse-stream pg_hba.conf"
 HBA = f"""{HBA_MARKER}: TCP needs the password in {PASSWORD_FILE};
@@ -195,7 +194,8 @@ class EmbeddedPostgres:
         # checkpoint_timeout, minutes when many buffers are dirty. -R writes
         # the password (from PGPASSWORD) into the standby's primary_conninfo.
         self._run("pg_basebackup", "-R", "-X", "stream", "-c", "fast",
-                  "-D", str(standby.data_dir), "-d", f"host=127.0.0.1 port={self.port} user=postgres",
+                  "-D", str(standby.data_dir),
+                  "-d", f"host=127.0.0.1 port={self.port} user=postgres",
                   env={"PGPASSWORD": self.password or ""})
         return standby
 

@@ -168,11 +168,11 @@ def decode_data(raw: bytes) -> Any:
         return _tolerant_loads(raw)
     except RecursionError:
         pass
-    except Exception:  # noqa: BLE001 - the last resort below is the answer
+    except Exception:
         return UNDECODABLE
     try:
         return _tolerant_loads(_flatten(raw, MAX_DECODED_DEPTH))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return UNDECODABLE
 
 

@@ -8,8 +8,16 @@ import re
 from collections.abc import Sequence
 
 from .errors import Refusal
-from .filters import (IS_VALUES, MAX_FILTERS, MAX_IN_VALUES, MAX_PATH, OPERATORS, AnyOf,
-                      Condition, DataFilter)
+from .filters import (
+    IS_VALUES,
+    MAX_FILTERS,
+    MAX_IN_VALUES,
+    MAX_PATH,
+    OPERATORS,
+    AnyOf,
+    Condition,
+    DataFilter,
+)
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]+")
 _SEGMENT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")

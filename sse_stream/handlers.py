@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
@@ -17,13 +18,18 @@ from prometheus_client import CollectorRegistry
 from .access import AccessPolicy, Address, OpenStreams, client_group
 from .auth import Grant, Unauthorized, allows, find_token
 from .batch import parse_body, validate_idempotency_key
-from .errors import DatabaseUnavailable, Refusal, Overloaded
+from .errors import DatabaseUnavailable, Overloaded, Refusal
 from .events import ORIGIN, Position, parse_position
 from .filter_syntax import parse_data_filters
 from .hub import Hub
 from .listener import Listener
-from .patterns import (StreamPattern, parse_pattern, parse_pattern_list, parse_type_filter,
-                       validate_stream_name)
+from .patterns import (
+    StreamPattern,
+    parse_pattern,
+    parse_pattern_list,
+    parse_type_filter,
+    validate_stream_name,
+)
 from .response import SseResponse, gap_json, id_frame, retry_frame
 from .settings import Settings
 from .store import EventStore
@@ -305,11 +311,11 @@ async def publish(request: web.Request) -> web.Response:
     """
     stream = validate_stream_name(request.match_info["stream"], "stream")
     grant = await authorize(request, "publish", (parse_pattern(stream, "stream"),), "stream")
-    _check_json(request)
+    check_json(request)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         validate_idempotency_key(key)
-    body = await _read_body(request)
+    body = await read_body(request)
     batch = parse_body(stream, body, fingerprint=key is not None)
     subject = (grant.subject if grant is not None else None) or ""
     published = await request.app[STORE].publish(batch, key, subject)
@@ -323,7 +329,7 @@ async def publish(request: web.Request) -> web.Response:
                         content_type="application/json", headers=headers)
 
 
-def _check_json(request: web.Request) -> None:
+def check_json(request: web.Request) -> None:
     """A publish body must be declared JSON (parameters such as charset aside).
 
     A cross-site form or `no-cors` fetch can only send text/plain, form or
@@ -337,18 +343,18 @@ def _check_json(request: web.Request) -> None:
                            headers={"Accept-Post": "application/json"})
 
 
-async def _read_body(request: web.Request) -> bytes:
-    """The whole body, refused with a 413 as soon as it passes MAX_BODY."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise Refusal("body", f"at most {MAX_BODY} bytes", status=413)
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    """The whole body, refused with a 413 as soon as it passes `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise Refusal("body", f"at most {limit} bytes", status=413)
     chunks: list[bytes] = []
     size = 0
     # StreamReader.read(n) returns what has arrived, not n bytes: loop to EOF.
-    while chunk := await request.content.read(MAX_BODY + 1 - size):
+    while chunk := await request.content.read(limit + 1 - size):
         chunks.append(chunk)
         size += len(chunk)
-        if size > MAX_BODY:
-            raise Refusal("body", f"at most {MAX_BODY} bytes", status=413)
+        if size > limit:
+            raise Refusal("body", f"at most {limit} bytes", status=413)
     return b"".join(chunks)
 
 

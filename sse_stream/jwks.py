@@ -22,7 +22,7 @@ import asyncio
 import logging
 import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -61,7 +61,7 @@ def parse_key_set(document: Any, algorithms: tuple[str, ...]) -> tuple[PyJWK, ..
 def _timestamp(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    moment = datetime.fromtimestamp(seconds, UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 
@@ -58,7 +59,8 @@ class Listener:
                     connection = await asyncpg.connect(
                         self.dsn, server_settings={"application_name": APPLICATION_NAME})
                 self._connection = connection
-                connection.add_termination_listener(lambda _: lost.set())
+                # Bound now: a connection ended later must not mark its successor lost.
+                connection.add_termination_listener(lambda _, lost=lost: lost.set())
                 await connection.add_listener(CHANNEL, self._notified)
                 log.info("listener connected")
                 self.connected = True

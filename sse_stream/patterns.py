@@ -114,7 +114,8 @@ def parse_pattern(text: str, param: str = "streams") -> StreamPattern:
     return StreamPattern(text, segments, re.compile(r"\.".join(parts)))
 
 
-def parse_pattern_list(text: str, param: str = "streams", limit: int = 50) -> tuple[StreamPattern, ...]:
+def parse_pattern_list(text: str, param: str = "streams",
+                       limit: int = 50) -> tuple[StreamPattern, ...]:
     """Parse a comma-separated list of patterns (duplicates removed, order kept)."""
     items = text.split(",")
     if len(items) > limit:

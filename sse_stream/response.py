@@ -17,7 +17,7 @@ transport's buffer size as the back-pressure signal.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 from aiohttp import web
@@ -80,7 +80,7 @@ def token_expiring_frame(last_id: Position, expires_at: float) -> bytes:
     """The warning before a token's exp: the position to resume from, and when."""
     data = orjson.dumps({
         "last_event_id": last_id.encode(),
-        "expires_at": datetime.fromtimestamp(expires_at, timezone.utc)
+        "expires_at": datetime.fromtimestamp(expires_at, UTC)
         .isoformat().replace("+00:00", "Z")})
     return b"event: sse.token-expiring\ndata: %s\n\n" % data
 

@@ -214,7 +214,7 @@ class LiveIndex:
             for group in routes.reach(event, found):
                 try:
                     accepted = group.selector.accepts(event)
-                except Exception:  # noqa: BLE001 - one event must not stop the fan-out
+                except Exception:
                     self.stats.match_errors += 1
                     log.exception("matching event %s failed", event.position.encode())
                     continue

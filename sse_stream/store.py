@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import cache
 from datetime import timedelta
-from typing import Any, AsyncIterator
+from functools import cache
+from typing import Any
 
 import asyncpg
 
@@ -24,6 +24,8 @@ from .events import Event, Position
 from .queries import SelectorSql, query
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LIMITS = StoreLimits()
 
 # Shown in pg_stat_activity, so an operator (or a fault test) can tell the
 # server's pool from other clients.
@@ -104,7 +106,7 @@ def _row_events(rows: Sequence[asyncpg.Record], skipped: list[int]) -> list[Even
         try:
             events.append(Event.from_row(row["xid"], row["id"], row["stream"], row["type"], raw,
                                          row["created_at"], row["epoch"]))
-        except Exception:  # noqa: BLE001 - one row must never stop a reader
+        except Exception:
             # Building an event is byte formatting of values the database
             # already turned to text; if that still fails, this reader skips
             # the row and goes on (the watermark passes it).
@@ -148,7 +150,7 @@ class EventStore:
     work, and an optional replica pool for replay."""
 
     def __init__(self, dsn: str, *, replica_dsn: str | None = None,
-                 limits: StoreLimits = StoreLimits()) -> None:
+                 limits: StoreLimits = DEFAULT_LIMITS) -> None:
         self.dsn = dsn
         self.replica_dsn = replica_dsn
         self.limits = limits

@@ -20,7 +20,7 @@ from .auth import Grant, Unauthorized, allows, find_token
 from .deliverer import Deliverer
 from .errors import Refusal
 from .events import parse_position
-from .handlers import ACCESS, SETTINGS, STORE
+from .handlers import ACCESS, SETTINGS, STORE, check_json, read_body
 from .patterns import parse_pattern
 from .webhook_store import WebhookStore
 from .webhooks import AddressGuard, Webhook, WebhookSpec, new_secret
@@ -72,21 +72,10 @@ def _id(request: web.Request) -> str:
 
 
 async def _body(request: web.Request) -> Any:
-    if request.headers.get("Content-Type", "").partition(";")[0].strip().lower() \
-            != "application/json":
-        raise Refusal("Content-Type", "the body must be sent as 'Content-Type: "
-                           "application/json'", status=415)
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise Refusal("body", f"at most {MAX_BODY} bytes", status=413)
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(MAX_BODY + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise Refusal("body", f"at most {MAX_BODY} bytes", status=413)
+    check_json(request)
+    body = await read_body(request, MAX_BODY)
     try:
-        return orjson.loads(b"".join(chunks))
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise Refusal("body", "not JSON") from None
 

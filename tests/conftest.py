@@ -11,17 +11,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestServer
+from support import Serve, ServerProcess, StartServer, app_servers, cluster, database
 
-from sse_stream.app import create_app
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.migrate import migrate_dsn
 from sse_stream.settings import Settings
-from support import Serve, ServerProcess, StartServer, cluster, database
 
 
 @pytest.fixture(scope="session")
@@ -66,18 +63,9 @@ async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 async def start_server(dsn: str) -> AsyncIterator[StartServer]:
     """Start the real app on 127.0.0.1 with settings overrides."""
-    servers: list[TestServer] = []
-
-    async def start(**overrides: Any) -> TestServer:
-        settings = Settings(dsn=dsn, heartbeat=overrides.pop("heartbeat", 15.0), **overrides)
-        server = TestServer(create_app(settings), host="127.0.0.1", shutdown_timeout=5)
-        await server.start_server()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
+    async with app_servers() as start:
+        yield lambda **overrides: start(Settings(
+            dsn=dsn, heartbeat=overrides.pop("heartbeat", 15.0), **overrides))
 
 
 @pytest.fixture

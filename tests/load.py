@@ -60,8 +60,7 @@ class Writer:
                         connection = await asyncio.wait_for(asyncpg.connect(self.dsn), 5)
                     await self._transaction(connection)
                     self.transactions += 1
-                except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-                        asyncpg.InterfaceError, asyncpg.InternalClientError):
+                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
                     # The database is restarting or killed this backend:
                     # what the transaction wrote is in the table or not at all.
                     self.failures += 1

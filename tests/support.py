@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import hmac
 import inspect
@@ -33,16 +34,18 @@ import asyncpg
 import jwt
 import orjson
 import pytest
+import server_process
 from aiohttp.test_utils import TestServer
 from hypothesis import strategies as st
 from multidict import CIMultiDict
-
-import server_process
 from raw import RawStream
 from sse import Stream
+
+from sse_stream.app import create_app
 from sse_stream.client import Message
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.events import parse_position
+from sse_stream.settings import Settings
 
 T = TypeVar("T")
 
@@ -58,6 +61,28 @@ Serve = Callable[..., ServerProcess]
 
 
 # -- waiting ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def app_servers() -> AsyncIterator[Callable[[Settings], Awaitable[TestServer]]]:
+    """Start the real app on 127.0.0.1 (as many as asked for); close them all after."""
+    servers: list[TestServer] = []
+
+    async def start(settings: Settings) -> TestServer:
+        server = TestServer(create_app(settings), host="127.0.0.1", shutdown_timeout=5)
+        await server.start_server()
+        # As `sse-stream serve` does once its app has started (cli.py): the
+        # heap that lives as long as the process is kept out of the
+        # collector's full collections, which otherwise stall the loop.
+        gc.freeze()
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            await server.close()
 
 
 async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0,

@@ -9,7 +9,6 @@ import asyncpg
 import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-
 from sse import envelope, open_stream
 from support import StartServer, publish
 

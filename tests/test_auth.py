@@ -16,12 +16,10 @@ import asyncpg
 import jwt
 import orjson
 import pytest
-from multidict import CIMultiDict
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
+from multidict import CIMultiDict
 from sse import envelope, open_stream
-from sse_stream import cli
 from support import (
     SECRET,
     StartServer,
@@ -37,6 +35,8 @@ from support import (
     signed,
     token,
 )
+
+from sse_stream import cli
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-
 from notifications import counting
 from sse import envelope, open_stream
 from support import StartServer

@@ -11,10 +11,17 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
-from sse_stream.client import ControlEvent, Message, SseParser, StreamEvent, SubscribeError, subscribe
-from sse_stream.handlers import HUB
 from support import StartServer, position_of, publish
+
+from sse_stream.client import (
+    ControlEvent,
+    Message,
+    SseParser,
+    StreamEvent,
+    SubscribeError,
+    subscribe,
+)
+from sse_stream.handlers import HUB
 
 # (name, chunks fed one by one, expected messages (event, data, last_event_id),
 #  expected last_event_id after all chunks)

@@ -22,13 +22,6 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, Route, async_playwright
-
-from sse_stream.app import create_app
-from sse_stream.embedded import free_port
-from sse_stream.handlers import HUB
-from sse_stream.retention import prune
-from sse_stream.settings import Settings
-from sse_stream.store import EventStore
 from support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -42,6 +35,12 @@ from support import (
     token,
 )
 
+from sse_stream.app import create_app
+from sse_stream.embedded import free_port
+from sse_stream.handlers import HUB
+from sse_stream.retention import prune
+from sse_stream.settings import Settings
+from sse_stream.store import EventStore
 
 HARNESS = """<!doctype html><meta charset="utf-8"><title>client.js harness</title>
 <script type="module">

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
 import orjson
-
 from sse import envelope, open_stream
+from support import StartServer, publish
+
 from sse_stream.events import Event
 from sse_stream.response import event_frame
-from support import StartServer, publish
 
 _ATTRIBUTE = re.compile(r"[a-z0-9]{1,20}")
 
@@ -33,7 +33,7 @@ def _check_cloudevent(document: dict[str, object], id_: int, stream: str, type_:
 
 
 def test_cloudevent_is_encoded_once_per_event() -> None:
-    time = datetime(2026, 11, 26, 14, 3, 7, 123456, tzinfo=timezone.utc)
+    time = datetime(2026, 11, 26, 14, 3, 7, 123456, tzinfo=UTC)
     event = Event.from_row(10, 42, "orders.1", "order.created", b'{"a": [1, 2]}',
                            "2026-11-26T14:03:07.123456Z", time.timestamp())
     first = event.cloudevent

@@ -19,9 +19,9 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
+from support import cluster
 
 from sse_stream.embedded import PASSWORD_FILE, EmbeddedPostgres
-from support import cluster
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,12 @@ import asyncio
 
 import asyncpg
 from aiohttp.test_utils import TestServer
-
 from sse import envelope, open_stream
+from support import StartServer, publish, replicated
+
 from sse_stream.app import create_app
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.settings import Settings
-from support import StartServer, publish, replicated
 
 
 async def test_failover_to_a_promoted_standby(start_server: StartServer, db: asyncpg.Connection,

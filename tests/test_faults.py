@@ -14,16 +14,15 @@ import random
 
 import asyncpg
 import pytest
-
 from load import Follower, Writer
 from raw import RawStream
 from sse import envelope, open_stream
-from sse_stream.embedded import EmbeddedPostgres
+from support import Serve, StartServer, eventually, publish, stalled, table_ids
+
+from sse_stream.embedded import EmbeddedPostgres, free_port
 from sse_stream.handlers import HUB, LISTENER
 from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME
 from sse_stream.store import APPLICATION_NAME as POOL_NAME
-from sse_stream.embedded import free_port
-from support import Serve, StartServer, eventually, publish, stalled, table_ids
 
 
 async def terminate_backends(dsn: str, application_name: str) -> int:

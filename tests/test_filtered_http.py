@@ -10,12 +10,12 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
-
 from sse import envelope, open_stream
+from support import StartServer, position_of, publish
+
 from sse_stream.client import SseParser
 from sse_stream.events import parse_position
 from sse_stream.handlers import HUB
-from support import StartServer, position_of, publish
 
 
 async def test_many_filtered_subscribers_each_get_their_events(

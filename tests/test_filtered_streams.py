@@ -19,10 +19,7 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sse import Stream, open_stream
-from sse_stream.filter_syntax import parse_data_filters
-from sse_stream.patterns import parse_type_filter
 from support import (
     Pairs,
     StartServer,
@@ -36,6 +33,9 @@ from support import (
     publish_texts,
     runner,
 )
+
+from sse_stream.filter_syntax import parse_data_filters
+from sse_stream.patterns import parse_type_filter
 
 EVENTS_PER_EXAMPLE = 20
 FILTERS_PER_EXAMPLE = 20

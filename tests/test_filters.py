@@ -13,6 +13,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import EDGE_NUMBERS, Leaves, Pairs, documents, dump, filter_pairs, leaves
 
 from sse_stream.errors import Refusal
 from sse_stream.events import Event
@@ -21,7 +22,7 @@ from sse_stream.filters import MAX_FILTERS, MAX_IN_VALUES, AnyOf, Condition, Dat
 from sse_stream.patterns import parse_pattern_list, parse_type_filter
 from sse_stream.routing import Group, Routes
 from sse_stream.subscription import Selector
-from support import EDGE_NUMBERS, Leaves, Pairs, documents, dump, filter_pairs, leaves
+
 
 def parse(*pairs: tuple[str, str]) -> DataFilter:
     result = parse_data_filters(list(pairs))

@@ -40,12 +40,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import b64url, signed
 
 from sse_stream.app import create_app
 from sse_stream.client import SseParser
 from sse_stream.patterns import is_stream_name
 from sse_stream.settings import Settings
-from support import b64url, signed
 
 STATISTICS: Counter[str] = Counter()
 EXAMPLES = int(os.environ.get("SSE_STREAM_FUZZ_EXAMPLES", "150"))
@@ -142,7 +142,8 @@ def send(port: int, method: str, target: str, headers: dict[str, str], body: byt
                 chunk = sock.recv(65536)
             except TimeoutError:
                 if deadline is None:
-                    raise AssertionError(f"no complete answer in 10 s: {bytes(received)[:200]!r}")
+                    raise AssertionError(
+                        f"no complete answer in 10 s: {bytes(received)[:200]!r}") from None
                 break
             if not chunk:
                 break

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from load import Follower, Writer
 from sse import envelope, open_stream
 from support import StartServer, table_ids

@@ -25,10 +25,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from sse import envelope, open_stream
-from sse_stream.client import Message
+from support import SECRET, Serve, StartServer, bearer, eventually, publish, table_ids, token
+
 from sse_stream.app import create_app
+from sse_stream.client import Message
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.events import decode_data
 from sse_stream.handlers import STORE
@@ -37,7 +38,6 @@ from sse_stream.patterns import SubjectTree, parse_pattern
 from sse_stream.retention import prune
 from sse_stream.settings import Settings
 from sse_stream.store import EventStore, _row_events
-from support import SECRET, Serve, StartServer, bearer, eventually, publish, table_ids, token
 
 DEEP = 5000  # levels: deeper than orjson (1024) or Python's recursion limit take
 POISON = {

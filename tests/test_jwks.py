@@ -19,12 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from sse import envelope, open_stream
-from sse_stream import cli
-from sse_stream.app import create_app
-from sse_stream.jwks import KeySet
-from sse_stream.settings import Settings
 from support import (
     SECRET,
     StartServer,
@@ -35,6 +30,11 @@ from support import (
     publish,
     request,
 )
+
+from sse_stream import cli
+from sse_stream.app import create_app
+from sse_stream.jwks import KeySet
+from sse_stream.settings import Settings
 
 
 @dataclass

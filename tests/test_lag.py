@@ -13,10 +13,10 @@ import asyncio
 import sys
 
 import asyncpg
-
 from raw import RawStream
-from sse_stream.handlers import HUB
 from support import StartServer
+
+from sse_stream.handlers import HUB
 
 EVENTS = 200_000
 REPLAYERS = 3

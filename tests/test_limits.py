@@ -11,10 +11,10 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
-
 from sse import open_stream
-from sse_stream.store import EventStore
 from support import SECRET, StartServer, assert_problem, count, request, token
+
+from sse_stream.store import EventStore
 
 ORIGIN = "https://app.example"
 

@@ -17,9 +17,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import asyncpg
 import jwt
 import pytest
-
-from sse_stream.embedded import free_port
-from sse_stream.handlers import HUB
 from support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -31,6 +28,9 @@ from support import (
     needs_chromium,
     publish,
 )
+
+from sse_stream.embedded import free_port
+from sse_stream.handlers import HUB
 
 pytestmark = needs_chromium
 

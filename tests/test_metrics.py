@@ -9,10 +9,10 @@ import aiohttp
 import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from sse import open_stream
-from sse_stream.metrics import MAX_PATTERN_LABELS, OTHER, Buckets
 from support import StartServer, publish
+
+from sse_stream.metrics import MAX_PATTERN_LABELS, OTHER, Buckets
 
 
 async def _scrape_text(url: str) -> str:

@@ -12,11 +12,11 @@ import hashlib
 
 import asyncpg
 import pytest
+from support import database
 
 import sse_stream.migrate
 from sse_stream.migrate import migrate_dsn
 from sse_stream.queries import migrations, sql_dir
-from support import database
 
 # The SHA-256 of every migration that has shipped (line ends as LF). A shipped
 # migration is never edited (sql/README.md): add a line when one ships.

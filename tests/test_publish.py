@@ -17,10 +17,10 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
-
 from notifications import counting
 from sse import envelope, open_stream
 from support import ROOT, StartServer, assert_raw_problem, raw_request
+
 
 async def rows(db: asyncpg.Connection, stream: str) -> list[asyncpg.Record]:
     return await db.fetch("SELECT id, type, data::text AS data FROM sse_stream.events "

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-
 from sse import envelope, open_stream
+from support import StartServer, count, publish, replicated
+
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.handlers import STORE
-from support import StartServer, count, publish, replicated
 
 
 @asynccontextmanager

@@ -6,11 +6,11 @@ import asyncio
 
 import aiohttp
 import asyncpg
-
 from sse import envelope, open_stream
+from support import StartServer, eventually, publish
+
 from sse_stream.embedded import EmbeddedPostgres
 from sse_stream.handlers import HUB, LISTENER
-from support import StartServer, eventually, publish
 
 
 async def test_listener_killed_loses_nothing(start_server: StartServer, db: asyncpg.Connection,

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-
 from sse import Stream, envelope, open_stream
-from sse_stream.embedded import free_port
 from support import Serve, StartServer, joined
+
+from sse_stream.embedded import free_port
 
 PUBLISH_RANGE = """
 INSERT INTO sse_stream.events (stream, type, data)

@@ -10,10 +10,11 @@ import zipfile
 from pathlib import Path
 
 import asyncpg
-
 from sse import envelope, open_stream
-from sse_stream.embedded import free_port
 from support import ROOT, Serve, publish
+
+from sse_stream.embedded import free_port
+
 
 async def test_sigterm_ends_streams_cleanly_and_restart_resumes(serve: Serve,
                                                                 db: asyncpg.Connection,

@@ -14,11 +14,11 @@ from contextlib import AsyncExitStack
 
 import aiohttp
 import asyncpg
-
 from raw import RawStream
 from sse import envelope, open_stream
-from sse_stream.handlers import HUB
 from support import StartServer, eventually, stalled, table_ids
+
+from sse_stream.handlers import HUB
 
 MAX_PENDING = 64 * 1024  # the transport's own high-water mark: drain() waits below it
 PAGE_SIZE = 100

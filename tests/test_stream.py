@@ -7,7 +7,6 @@ import contextlib
 
 import aiohttp
 import asyncpg
-
 from sse import envelope, open_stream
 from support import StartServer, publish
 

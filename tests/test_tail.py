@@ -11,11 +11,11 @@ from pathlib import Path
 
 import asyncpg
 import orjson
-
-from sse_stream.embedded import free_port
-from sse_stream.client import ControlEvent, StreamEvent
-from sse_stream.tail import format_line, parse_target, read_state, write_state
 from support import ROOT, Serve, publish
+
+from sse_stream.client import ControlEvent, StreamEvent
+from sse_stream.embedded import free_port
+from sse_stream.tail import format_line, parse_target, read_state, write_state
 
 
 def _key(position: str) -> tuple[int, ...]:

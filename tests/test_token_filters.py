@@ -21,16 +21,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sse import envelope, open_stream
-from sse_stream import cli
-from sse_stream.auth import grant_from_claims
-from sse_stream.events import parse_position
-from sse_stream.filter_syntax import parse_data_filters
-from sse_stream.handlers import HUB
-from sse_stream.patterns import parse_pattern_list, parse_type_filter
-from sse_stream.routing import Group
-from sse_stream.subscription import Selector
 from support import (
     SECRET,
     Pairs,
@@ -51,6 +42,16 @@ from support import (
     runner,
     token,
 )
+
+from sse_stream import cli
+from sse_stream.auth import grant_from_claims
+from sse_stream.events import parse_position
+from sse_stream.filter_syntax import parse_data_filters
+from sse_stream.handlers import HUB
+from sse_stream.patterns import parse_pattern_list, parse_type_filter
+from sse_stream.routing import Group
+from sse_stream.subscription import Selector
+
 
 async def seed(db: asyncpg.Connection, stream: str) -> dict[int, tuple[str, Any]]:
     """Orders of customers 42 and 43 (and one without a customer), by id."""

@@ -23,10 +23,18 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import WebhookVerificationError
-from support import SECRET, assert_problem, bearer, position_of, publish, request
+from support import (
+    SECRET,
+    app_servers,
+    assert_problem,
+    bearer,
+    old_events,
+    position_of,
+    publish,
+    request,
+)
 from webhook_receiver import Receiver, Request, exact_retries, verify
 
-from sse_stream.app import create_app
 from sse_stream.cli import main
 from sse_stream.errors import Refusal
 from sse_stream.retention import prune
@@ -35,10 +43,8 @@ from sse_stream.store import EventStore
 from sse_stream.webhooks import (
     WebhookSpec,
     check_url,
-    check_webhook_settings,
     message_id,
     new_secret,
-    parse_schedule,
     refusal,
     retry_delay,
     secret_key,
@@ -61,18 +67,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 @pytest.fixture
 async def app(fresh_dsn: str) -> AsyncIterator[App]:
     """Start the app on the test's own database, with FAST and `overrides`."""
-    servers: list[TestServer] = []
-
-    async def start(**overrides: Any) -> TestServer:
-        settings = Settings(dsn=fresh_dsn, **{**FAST, **overrides})
-        server = TestServer(create_app(settings), host="127.0.0.1", shutdown_timeout=5)
-        await server.start_server()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
+    async with app_servers() as start:
+        yield lambda **overrides: start(Settings(dsn=fresh_dsn, **{**FAST, **overrides}))
 
 
 @pytest.fixture
@@ -158,13 +154,13 @@ def test_spec_and_settings_checks() -> None:
         with pytest.raises(Refusal) as caught:
             WebhookSpec.parse(body)
         assert caught.value.param == param
-    assert parse_schedule("5s,30s,2m,10m,1h") == (5, 30, 120, 600, 3600)
+    assert Settings(webhooks_retry="5s,30s,2m,10m,1h").webhooks_retry == (5, 30, 120, 600, 3600)
     delays = [retry_delay((5, 30, 3600), n, random.Random(n)) for n in (1, 2, 3, 9)]
     assert 4 <= delays[0] <= 6 and 24 <= delays[1] <= 36 and 2880 <= delays[3] <= 4320
     for bad in [{"webhooks_retry": "soon"}, {"webhooks_disable_after": "x"},
                 {"webhooks_lease": 5.0, "webhooks_timeout": 4.0}, {"webhooks_concurrency": 0}]:
         with pytest.raises(ValueError):
-            check_webhook_settings(Settings(**bad))
+            Settings(**bad)
 
 
 def test_live_buffer_of_a_target() -> None:
@@ -482,23 +478,10 @@ async def test_backend_manages_webhooks_in_its_own_transactions(
         await db.execute("SELECT sse_stream.rewind_webhook(gen_random_uuid(), 'later')")
 
 
-async def _old(connection: asyncpg.Connection, stream: str, count: int) -> list[str]:
-    """`count` events created 40 days ago, one transaction each; their positions."""
-    positions = []
-    for n in range(count):
-        async with connection.transaction():
-            await connection.execute("SET LOCAL session_replication_role = replica")
-            positions.append(await connection.fetchval(
-                "INSERT INTO sse_stream.events (stream, type, data, created_at) "
-                "VALUES ($1, 'old', $2::text::jsonb, now() - interval '40 days') "
-                "RETURNING xid::text || '-' || id", stream, f'{{"n": {n}}}'))
-    return positions
-
-
 async def test_retention_waits_for_webhooks_unless_forced(
         app: App, receiver: Receiver, fresh_dsn: str, db: asyncpg.Connection,
         stream: str) -> None:
-    old = await _old(db, stream, 10)
+    old = await old_events(db, stream, 10)
     young = await publish(db, stream, "new", {})
     id_ = await db.fetchval("SELECT id FROM sse_stream.create_webhook($1, $2, start => '0')",
                             receiver.url("w"), [stream])
