@@ -185,7 +185,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return asyncio.run(tail(args.url, start=options.start, types=tuple(args.type),
                                 filters=tuple(args.filter), token=options.token,
                                 state=Path(options.state) if options.state else None,
-                                live=not args.no_follow))
+                                live=args.live))
     except (ValueError, SubscribeError) as error:
         return fail(args, str(error))
 
@@ -274,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--filter", action="append", default=[], metavar="data.PATH=OP.VALUE",
                       help="data filter (repeatable, ANDed)")
     add_flags(tail, ["token", "state"], CommandOptions)
-    tail.add_argument("--no-follow", action="store_true",
-                      help="end once caught up instead of following")
+    # The stream's own name for it is live=false; --no-follow is tail's habit.
+    tail.add_argument("--no-live", "--no-follow", dest="live", action="store_false",
+                      help="end once caught up (the stream's live=false) instead of following")
     tail.set_defaults(func=cmd_tail)
 
     token = commands.add_parser("token", help="mint an HS256 token with the configured secret")
