@@ -28,6 +28,7 @@ from support import (
     app_servers,
     assert_problem,
     bearer,
+    eventually,
     old_events,
     position_of,
     publish,
@@ -228,7 +229,15 @@ async def test_create_deliver_show_list(app: App, receiver: Receiver, db: asyncp
     for got in receiver.of("w"):
         verify(created["secret"], got)
         assert got.headers["content-type"] == "application/json"
-    shown = await _show(server, created["id"])
+    # The receiver answered; the deliverer records the 2xx (and moves the
+    # cursor) just after: wait for that, bounded.
+    shown: dict[str, Any] = {}
+
+    async def recorded() -> bool:
+        shown.update(await _show(server, created["id"]))
+        return bool(shown["delivered_events"] == 2)
+
+    await eventually(recorded, timeout=10)
     assert "secret" not in shown and shown["events_behind"] == 0
     assert shown["delivered_events"] == 2 and shown["last_attempt"]["status"] == 204
     assert shown["recent_attempts"][0]["webhook_id"] == receiver.of("w")[-1].message
