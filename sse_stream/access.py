@@ -96,17 +96,17 @@ class AccessPolicy:
             for name, lines in headers.items():
                 if lines:
                     raise Refusal(name, "the server runs in protected mode and this "
-                                       "request was relayed by a peer that is not in "
-                                       "trusted_proxies; configure a token key to serve "
-                                       "clients through a proxy", status=403)
+                                  "request was relayed by a peer that is not in "
+                                  "trusted_proxies; configure a token key to serve "
+                                  "clients through a proxy", status=403)
             clients = [peer]
         if not all(client is not None and client.is_loopback for client in clients):
             raise Refusal("Authorization", "the server runs in protected mode: "
-                               "only loopback clients may subscribe or publish", status=403)
+                          "only loopback clients may subscribe or publish", status=403)
         if host is not None and not is_loopback_host(host):
             raise Refusal("Host", f"the server runs in protected mode and {host!r:.80} "
-                               "is not a loopback name (localhost, 127.0.0.1, [::1]); "
-                               "configure a token key to serve other names", status=403)
+                          "is not a loopback name (localhost, 127.0.0.1, [::1]); "
+                          "configure a token key to serve other names", status=403)
 
     def _nearest_untrusted(self, header: str, lines: Sequence[str]) -> Address:
         """Right to left, the first hop that is not a trusted proxy (all trusted: the first)."""
@@ -259,13 +259,13 @@ class OpenStreams:
         """Count one more stream for `client`, or raise 503/429 with Retry-After."""
         if settings.max_streams and self.total >= settings.max_streams:
             raise Refusal("streams", f"this server has {self.total} open streams, its "
-                               "limit; retry later or elsewhere", status=503,
-                               headers={"Retry-After": "5"})
+                          "limit; retry later or elsewhere", status=503,
+                          headers={"Retry-After": "5"})
         mine = self.by_client.get(client, 0)
         if settings.max_streams_per_client and mine >= settings.max_streams_per_client:
             raise Refusal("streams", f"{mine} streams are open from {client}, the limit "
-                               "per client address (IPv6: per /64)", status=429,
-                               headers={"Retry-After": "5"})
+                          "per client address (IPv6: per /64)", status=429,
+                          headers={"Retry-After": "5"})
         self.total += 1
         self.by_client[client] = mine + 1
 

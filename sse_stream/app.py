@@ -222,14 +222,14 @@ async def _preflight(request: web.Request) -> web.Response:
     method = request.headers.get("Access-Control-Request-Method", "")
     if method not in CORS_METHODS:
         raise Refusal("Access-Control-Request-Method", f"allowed: {', '.join(CORS_METHODS)}",
-                           status=403)
+                      status=403)
     allowed = {name.lower() for name in CORS_HEADERS}
     asked = [h.strip() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")
              if h.strip()]
     refused = [h for h in asked if h.lower() not in allowed]
     if refused:
         raise Refusal("Access-Control-Request-Headers", f"not allowed: {', '.join(refused)}",
-                           status=403)
+                      status=403)
     return web.Response(status=204, headers={
         "Access-Control-Allow-Methods": ", ".join(CORS_METHODS),
         "Access-Control-Allow-Headers": ", ".join(CORS_HEADERS),

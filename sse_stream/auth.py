@@ -99,13 +99,13 @@ class Grant:
                 candidates.insert(0, ())
             if not candidates:
                 raise Refusal(param, f"the token does not allow to subscribe "
-                                   f"{pattern.text!r}", status=403)
+                              f"{pattern.text!r}", status=403)
             common = candidates if common is None else [c for c in common if c in candidates]
             if not common:
                 before = ", ".join(repr(p.text) for p in requested[:index])
                 raise Refusal(param, f"the token grants {pattern.text!r} with other data "
-                                   f"filters (where) than {before}; open a separate stream "
-                                   "for each", status=403)
+                              f"filters (where) than {before}; open a separate stream "
+                              "for each", status=403)
         if not common:
             return ()
         return () if () in common else common[0]
@@ -249,7 +249,7 @@ def parse_where(texts: Sequence[str], name: str) -> Terms:
         key, equals, value = text.partition("=")
         if not equals or not (key == "or" or key.startswith("data.")):
             raise Refusal(name, f"{name}: {text[:60]!r} is not a data filter "
-                               "(data.<path>=<op>.<value> or or=(...))")
+                          "(data.<path>=<op>.<value> or or=(...))")
         pairs.append((key, value))
     try:
         parsed = parse_data_filters(pairs)

@@ -68,7 +68,7 @@ def parse_body(stream: str, body: bytes, *, fingerprint: bool = False) -> Batch:
             if _NUL_RE.search(orjson.dumps(item)):
                 where = "body" if single else f"body[{index}]"
                 raise Refusal(f"{where}.data",
-                                   "JSON text cannot contain \\u0000 (PostgreSQL jsonb refuses it)")
+                              "JSON text cannot contain \\u0000 (PostgreSQL jsonb refuses it)")
     text = body.decode()
     return Batch(stream, f"[{text}]" if single else text, len(items),
                  _fingerprint(stream, items) if fingerprint else None)
@@ -87,7 +87,7 @@ def _load(body: bytes) -> Any:
         if "infinity" in reason:
             raise Refusal("body", "a number is too large for a 64-bit float") from None
         raise Refusal("body", f"not valid JSON (UTF-8): {reason} at line {error.lineno} "
-                           f"column {error.colno}") from None
+                      f"column {error.colno}") from None
     _check_depth(document)
     return document
 
@@ -133,7 +133,7 @@ def validate_idempotency_key(value: str) -> str:
     """An Idempotency-Key: 1 to 255 printable ASCII characters, opaque."""
     if _KEY_RE.fullmatch(value) is None:
         raise Refusal("Idempotency-Key",
-                           f"1 to {MAX_KEY} printable ASCII characters (a UUID is a good key)")
+                      f"1 to {MAX_KEY} printable ASCII characters (a UUID is a good key)")
     return value
 
 

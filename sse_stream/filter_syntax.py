@@ -135,7 +135,7 @@ def _parse_operation(text: str, path: tuple[str, ...], param: str) -> Condition:
     op, dot, value = rest.partition(".")
     if op not in OPERATORS:
         raise Refusal(param, f"unknown operator {op[:20]!r}; use eq, neq, gt, gte, "
-                           "lt, lte, in, is, optionally after not.")
+                      "lt, lte, in, is, optionally after not.")
     if not dot:
         raise Refusal(param, f"expected {op}.<value>")
     if op == "in":
@@ -213,6 +213,6 @@ def parse_data_filters(pairs: Sequence[tuple[str, str]]) -> DataFilter | None:
             continue
         if count > MAX_FILTERS:
             raise Refusal(key, f"at most {MAX_FILTERS} data filters per request, "
-                               "counting each member of or=(...)")
+                          "counting each member of or=(...)")
         terms.append(term)
     return DataFilter(tuple(terms)) if terms else None

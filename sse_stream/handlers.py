@@ -83,7 +83,7 @@ async def problem_middleware(request: web.Request,
         limit = request.app[SETTINGS].max_query
         if len(request.query_string) > limit:
             raise Refusal("query", f"the query string is longer than {limit} bytes",
-                               status=414)
+                          status=414)
         return await handler(request)
     except Refusal as error:
         return problem(error.status, error.detail, error.param, headers=error.headers)
@@ -152,7 +152,7 @@ async def authorize(request: web.Request, action: Literal["subscribe", "publish"
     if not allows((*granted, *anonymous), patterns):
         refused = next(p.text for p in patterns if not allows((*granted, *anonymous), [p]))
         raise Refusal(param, f"the token does not allow to {action} {refused!r}",
-                           status=403)
+                      status=403)
     return grant
 
 
@@ -285,8 +285,8 @@ async def read_page(request: web.Request) -> web.Response:
                                          cloudevents=cloudevents, wait=wait)
     if page.future:
         raise Refusal("after", "this position is beyond anything this database has "
-                           "handed out (a restored or replaced cluster?); start again from "
-                           f"0 or from {page.covered.encode()}, the current end", status=409)
+                      "handed out (a restored or replaced cluster?); start again from "
+                      f"0 or from {page.covered.encode()}, the current end", status=409)
     has_more = page.full
     next_after = page.covered
     gap = b""
@@ -323,7 +323,7 @@ async def publish(request: web.Request) -> web.Response:
     if published.replayed:
         if published.fingerprint != batch.fingerprint:
             raise Refusal("Idempotency-Key", "this key was used for another request "
-                               "(other events); use a new key", status=422)
+                          "(other events); use a new key", status=422)
         headers["Idempotent-Replayed"] = "true"
     return web.Response(status=201, body=b'{"ids":%s}' % orjson.dumps(published.ids),
                         content_type="application/json", headers=headers)
@@ -339,8 +339,8 @@ def check_json(request: web.Request) -> None:
     value = request.headers.get("Content-Type", "")
     if value.partition(";")[0].strip().lower() != "application/json":
         raise Refusal("Content-Type", "the body must be sent as 'Content-Type: "
-                           "application/json'", status=415,
-                           headers={"Accept-Post": "application/json"})
+                      "application/json'", status=415,
+                      headers={"Accept-Post": "application/json"})
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:

@@ -34,7 +34,7 @@ def is_type_name(value: str) -> bool:
 def validate_stream_name(value: str, param: str = "stream") -> str:
     if not is_stream_name(value):
         raise Refusal(param, "a stream name is 1 to 200 characters: segments of "
-                           "[A-Za-z0-9_-] joined by '.'")
+                      "[A-Za-z0-9_-] joined by '.'")
     return value
 
 
@@ -110,7 +110,7 @@ def parse_pattern(text: str, param: str = "streams") -> StreamPattern:
             parts.append(segment)
         else:
             raise Refusal(param, f"{text!r} is not a stream name or pattern: segments "
-                               "are [A-Za-z0-9_-]+, '*' or a final '>'")
+                          "are [A-Za-z0-9_-]+, '*' or a final '>'")
     return StreamPattern(text, segments, re.compile(r"\.".join(parts)))
 
 

@@ -50,7 +50,7 @@ async def _grant(request: web.Request) -> Grant | None:
     grant = await policy.verifier.verify(token, where)
     if not grant.webhooks:
         raise Refusal("Authorization", "the token does not allow to manage webhooks "
-                           "(its claim has no \"webhooks\" patterns)", status=403)
+                      "(its claim has no \"webhooks\" patterns)", status=403)
     return grant
 
 
@@ -106,7 +106,7 @@ async def create(request: web.Request) -> web.Response:
     spec = WebhookSpec.parse(await _body(request))
     if not _covers(grant, spec.streams):
         raise Refusal("streams", "the token does not allow webhooks on these streams",
-                           status=403)
+                      status=403)
     settings = request.app[SETTINGS]
     await AddressGuard(settings.webhooks_allow_private).check_url(spec.url)
     webhook = await _store(request).create(spec, new_secret(),
@@ -136,7 +136,7 @@ async def change(request: web.Request) -> web.Response:
     body = await _body(request)
     if not isinstance(body, dict) or not body:
         raise Refusal("body", 'expected {"paused": true|false} and/or '
-                           '{"rewind_to": "0" or a position}')
+                      '{"rewind_to": "0" or a position}')
     unknown = sorted(set(body) - _PATCH_FIELDS)
     if unknown:
         raise Refusal(unknown[0][:60], "unknown field")

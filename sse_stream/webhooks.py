@@ -154,7 +154,7 @@ class WebhookSpec:
         """From a request body; raises Refusal naming the offending field."""
         if not isinstance(body, dict):
             raise Refusal("body", 'expected a JSON object {"url", "streams", "type"?, '
-                               '"where"?, "start"?}')
+                          '"where"?, "start"?}')
         unknown = sorted(set(body) - _FIELDS)
         if unknown:
             raise Refusal(unknown[0][:60], "unknown field")
@@ -163,7 +163,7 @@ class WebhookSpec:
             streams = streams.split(",")
         if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
             raise Refusal("streams", "a list of stream names or patterns (or one, or "
-                               "a comma list) is required")
+                          "a comma list) is required")
         if not 1 <= len(streams) <= MAX_STREAMS:
             raise Refusal("streams", f"1 to {MAX_STREAMS} streams or patterns")
         types = body.get("type")
@@ -200,7 +200,7 @@ def check_url(value: Any, param: str = "url") -> str:
         raise Refusal(param, "an http:// or https:// URL with a host is required")
     if url.user is not None or url.password is not None:
         raise Refusal(param, "credentials in the URL are not allowed (they would show in "
-                           "GET /webhooks); put a token in the path or query instead")
+                      "GET /webhooks); put a token in the path or query instead")
     if url.fragment:
         raise Refusal(param, "a fragment (#...) is never sent; leave it out")
     return str(url)
@@ -306,16 +306,16 @@ class AddressGuard:
                     parsed.host, parsed.port, type=socket.SOCK_STREAM)
         except TimeoutError:
             raise Refusal(param, f"{parsed.host} did not resolve within "
-                               f"{RESOLVE_TIMEOUT:g} s") from None
+                          f"{RESOLVE_TIMEOUT:g} s") from None
         except OSError as error:
             raise Refusal(param, str(error) if "refused" in str(error) else
-                               f"{parsed.host} does not resolve: {error}") from None
+                          f"{parsed.host} does not resolve: {error}") from None
         for *_, sockaddr in found:
             reason = refusal(ipaddress.ip_address(str(sockaddr[0]).split("%")[0]))
             if reason is not None:
                 raise Refusal(param, f"{parsed.host} resolves to {sockaddr[0]}, a {reason} "
-                                   "address: refused unless the server runs with "
-                                   "--webhooks-allow-private")
+                              "address: refused unless the server runs with "
+                              "--webhooks-allow-private")
 
 
 class GuardedResolver(AbstractResolver):
