@@ -332,6 +332,33 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """What the subscribers got once the publisher stopped and they drained."""
+
+    received: int
+    elapsed: float  # the publisher's own clock, plus however long deliveries ran on after it
+    server_cpu: float
+    loadgen_cpu: float
+    closed_early: int
+    latencies: list[float]
+
+
+async def delivered(connections: Sequence[SseConnection], expected: int, drain: float,
+                    srv: ServerProcess, since: tuple[float, float, float],
+                    published_at: tuple[float, float]) -> Delivered:
+    """Wait (at most `drain` s) for `expected` deliveries, then measure them.
+    `since`: (monotonic start, server CPU, own CPU) when publishing began;
+    `published_at`: (monotonic end of publishing, the publisher's seconds)."""
+    start, cpu0, mine0 = since
+    end, pub_seconds = published_at
+    await wait_for(connections, expected, drain)
+    last = max((c.last_rx for c in connections), default=start)
+    return Delivered(sum(c.events for c in connections), pub_seconds + max(0.0, last - end),
+                     srv.cpu_seconds() - cpu0, own_cpu() - mine0,
+                     sum(1 for c in connections if c.done.done()), latencies(connections))
+
+
 def latencies(connections: Sequence[SseConnection]) -> list[float]:
     return [value for c in connections if c.received for value in c.received.latencies]
 
@@ -366,21 +393,14 @@ async def fanout(args: argparse.Namespace, *, filtered: bool = False) -> dict[st
             paths = [f"/streams/{stream}"] * args.subscribers
             parse_every = max(1, args.subscribers // args.sample)
         connections = await connect_many(srv.port, paths, parse_every=parse_every)
-        load0, cpu0, mine0 = load_average(), srv.cpu_seconds(), own_cpu()
-        start = time.monotonic()
+        load0, since = load_average(), (time.monotonic(), srv.cpu_seconds(), own_cpu())
         published, pub_seconds = await publish_elsewhere(
             setup.dsn, stream, args.rate, args.seconds, batch=args.batch, users=args.subscribers)
-        end = time.monotonic()
         matching = published if filtered else published * args.subscribers
-        await wait_for(connections, matching, args.drain)
-        received = sum(c.events for c in connections)
-        last = max((c.last_rx for c in connections), default=start)
-        # The publisher's own clock, plus however long deliveries ran on after it stopped.
-        elapsed = pub_seconds + max(0.0, last - end)
-        cpu = srv.cpu_seconds() - cpu0
-        mine = own_cpu() - mine0
-        lost = sum(1 for c in connections if c.done.done())
-        lat = latencies(connections)
+        got = await delivered(connections, matching, args.drain, srv, since,
+                              (time.monotonic(), pub_seconds))
+        received, elapsed, cpu, mine = got.received, got.elapsed, got.server_cpu, got.loadgen_cpu
+        lost, lat = got.closed_early, got.latencies
         for connection in connections:
             connection.close()
         result = {
@@ -434,20 +454,14 @@ async def peruser(args: argparse.Namespace) -> dict[str, Any]:
         # and a dropped SYN is retried after 1 s.
         connections = await connect_many(srv.port, paths, parse_every=1, concurrency=100)
         open_seconds = time.monotonic() - opened
-        load0, cpu0, mine0 = load_average(), srv.cpu_seconds(), own_cpu()
-        start = time.monotonic()
+        load0, since = load_average(), (time.monotonic(), srv.cpu_seconds(), own_cpu())
         published, pub_seconds = await publish_elsewhere(
             setup.dsn, prefix, args.rate, args.seconds, batch=args.batch, users=users,
             per_user=by_stream, per_tx=args.per_tx)
-        end = time.monotonic()
-        await wait_for(connections, published, args.drain)
-        received = sum(c.events for c in connections)
-        last = max((c.last_rx for c in connections), default=start)
-        elapsed = pub_seconds + max(0.0, last - end)
-        cpu = srv.cpu_seconds() - cpu0
-        mine = own_cpu() - mine0
-        lost = sum(1 for c in connections if c.done.done())
-        lat = latencies(connections)
+        got = await delivered(connections, published, args.drain, srv, since,
+                              (time.monotonic(), pub_seconds))
+        received, elapsed, cpu, mine = got.received, got.elapsed, got.server_cpu, got.loadgen_cpu
+        lost, lat = got.closed_early, got.latencies
         misdelivered = duplicated = 0
         for k, connection in enumerate(connections):
             seqs = connection.received.seqs if connection.received else []
