@@ -9,11 +9,12 @@ naming another algorithm (`none`, or HS256 signed with the public key as the
 secret) fails verification.
 
 Claim: ``{"sse_stream": {"subscribe": [grants], "publish": [patterns],
-"where": [filters], "webhooks": [patterns]}}`` (`webhooks`: the streams whose
-webhooks the token may create and manage, docs/webhooks.md). A subscribe
-grant is a pattern, or ``{"pattern": P, "where": [filters]}`` binding data
-filters to it; the token-wide `where` binds filters to every grant (see
-`Grant.filters_for`).
+"where": [filters], "webhooks": [patterns], "webhooks_admin": true}}``
+(`webhooks`: the streams whose webhooks the token may create and manage;
+`webhooks_admin`: it sees and manages every owner's, docs/webhooks.md). A
+subscribe grant is a pattern, or ``{"pattern": P, "where": [filters]}``
+binding data filters to it; the token-wide `where` binds filters to every
+grant (see `Grant.cover`).
 A request is allowed when every stream pattern it asks for is contained in
 some pattern the token grants (see `allows`). `exp` is required unless the
 configuration allows non-expiring tokens; a configured audience and issuer
@@ -59,10 +60,15 @@ Terms = tuple[Condition | AnyOf, ...]  # data filters, ANDed (filters.DataFilter
 @dataclass(frozen=True)
 class Scope:
     """One subscribe grant: a pattern and the data filters bound to it, the
-    token-wide ones first (empty: unfiltered)."""
+    token-wide ones first (empty: unfiltered), parsed and as the token
+    wrote them."""
 
     pattern: StreamPattern
     where: Terms = ()
+    texts: tuple[str, ...] = ()
+
+
+Coverage = tuple[tuple[Scope, ...], ...]  # per requested pattern: the grants covering it
 
 
 @dataclass(frozen=True)
@@ -74,41 +80,33 @@ class Grant:
     expires_at: float | None = None
     subject: str | None = None
     webhooks: tuple[StreamPattern, ...] = ()
+    issuer: str | None = None
+    webhooks_admin: bool = False
 
-    def filters_for(self, requested: Sequence[StreamPattern],
-                    anonymous: Sequence[StreamPattern] = (), param: str = "streams") -> Terms:
-        """The data filters that bind a subscription to `requested` (empty: none).
+    def cover(self, requested: Sequence[StreamPattern],
+              anonymous: Sequence[StreamPattern] = (), param: str = "streams") -> Coverage:
+        """The grants that cover each of `requested`, whose data filters bind
+        a subscription to it (Selector.scoped): the scopes of the token that
+        contain the pattern, and an unfiltered one where an anonymous pattern
+        (anyone may read it without a token) contains it.
 
-        Each requested pattern must be contained in a grant: a scope of the
-        token (its filters) or an anonymous pattern (no filters: anyone may
-        read it without a token). A subscription has one set of filters, and
-        the filters of a pattern's grant must hold for every event of that
-        pattern; so the patterns of one request must be covered by grants
-        with the same filters. Where they are not (`orders.*` bound to
-        `data.customer_id=eq.42`, `news` unfiltered) the request is refused
-        with a 403 that asks for separate streams: filtering `news` with the
-        customer's filter would silently empty it. Among the filters every
-        pattern shares, none at all wins (it grants the most), else the first
-        grant in the claim's order.
+        Each pattern of a request gets the filters of its own grants, so one
+        connection may read `orders.eu` as one customer and `news` unfiltered.
+        A pattern that several grants cover gets their union (an event passes
+        if it passes any of them): each grant alone would let the client read
+        it, so together they grant no more than separate requests would.
+        A pattern that no grant contains is a 403 naming `param`.
         """
-        common: list[Terms] | None = None
-        for index, pattern in enumerate(requested):
-            candidates = [scope.where for scope in self.subscribe
-                          if scope.pattern.contains(pattern)]
+        found = []
+        for pattern in requested:
+            scopes = tuple(scope for scope in self.subscribe if scope.pattern.contains(pattern))
             if any(granted.contains(pattern) for granted in anonymous):
-                candidates.insert(0, ())
-            if not candidates:
+                scopes += (Scope(pattern),)
+            if not scopes:
                 raise Refusal(param, f"the token does not allow to subscribe "
                               f"{pattern.text!r}", status=403)
-            common = candidates if common is None else [c for c in common if c in candidates]
-            if not common:
-                before = ", ".join(repr(p.text) for p in requested[:index])
-                raise Refusal(param, f"the token grants {pattern.text!r} with other data "
-                              f"filters (where) than {before}; open a separate stream "
-                              "for each", status=403)
-        if not common:
-            return ()
-        return () if () in common else common[0]
+            found.append(scopes)
+        return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -208,6 +206,10 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
     if not isinstance(webhooks, list) or not all(isinstance(v, str) for v in webhooks):
         raise Unauthorized(param, f"{CLAIM}.webhooks must be a list of stream patterns")
     everywhere = where(section.get("where", []), f"{CLAIM}.where")
+    everywhere_texts = tuple(section.get("where", []))
+    admin = section.get("webhooks_admin", False)
+    if not isinstance(admin, bool):
+        raise Unauthorized(param, f"{CLAIM}.webhooks_admin must be true or false")
     subscribe = section.get("subscribe", [])
     if not isinstance(subscribe, list):
         raise Unauthorized(param, f"{CLAIM}.subscribe must be a list of stream patterns "
@@ -216,7 +218,7 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
     for index, item in enumerate(subscribe):
         name = f"{CLAIM}.subscribe[{index}]"
         if isinstance(item, str):
-            scopes.append(Scope(pattern(item, name), everywhere))
+            scopes.append(Scope(pattern(item, name), everywhere, everywhere_texts))
             continue
         if not isinstance(item, dict) or not isinstance(item.get("pattern"), str) \
                 or set(item) - {"pattern", "where"}:
@@ -227,17 +229,19 @@ def grant_from_claims(claims: Mapping[str, Any], param: str = "Authorization") -
         if _count(terms) > MAX_FILTERS:
             raise Unauthorized(param, f"{name}.where and {CLAIM}.where hold more than "
                                f"{MAX_FILTERS} data filters together")
-        scopes.append(Scope(pattern(item["pattern"], name), terms))
+        scopes.append(Scope(pattern(item["pattern"], name), terms,
+                            (*everywhere_texts, *item.get("where", []))))
 
     exp = claims.get("exp")
     try:
         expires_at = float(exp) if isinstance(exp, (int, float)) else None
     except OverflowError:  # an integer beyond any float: no end in sight
         expires_at = None
-    subject = claims.get("sub")
+    subject, issuer = claims.get("sub"), claims.get("iss")
     return Grant(tuple(scopes), tuple(pattern(v, f"{CLAIM}.publish") for v in publish),
                  expires_at, subject if isinstance(subject, str) else None,
-                 tuple(pattern(v, f"{CLAIM}.webhooks") for v in webhooks))
+                 tuple(pattern(v, f"{CLAIM}.webhooks") for v in webhooks),
+                 issuer if isinstance(issuer, str) else None, admin)
 
 
 def parse_where(texts: Sequence[str], name: str) -> Terms:
@@ -349,10 +353,11 @@ def find_token(headers: Mapping[str, str], query: Mapping[str, str],
 def mint(secret: str, subscribe: Sequence[str], publish: Sequence[str], ttl: float,
          subject: str | None = None, now: float | None = None, audience: str | None = None,
          issuer: str | None = None, where: Sequence[str] = (),
-         webhooks: Sequence[str] = ()) -> str:
+         webhooks: Sequence[str] = (), webhooks_admin: bool = False) -> str:
     """An HS256 token granting `subscribe` and `publish` patterns for `ttl` seconds,
     its reading bound to the data filters `where` (token-wide), and the
-    management of webhooks on the `webhooks` patterns."""
+    management of webhooks on the `webhooks` patterns (of every owner's with
+    `webhooks_admin`)."""
     for text in (*subscribe, *publish, *webhooks):
         parse_pattern(text, "pattern")
     parse_where(where, "where")
@@ -362,6 +367,8 @@ def mint(secret: str, subscribe: Sequence[str], publish: Sequence[str], ttl: flo
         section["where"] = list(where)
     if webhooks:
         section["webhooks"] = list(webhooks)
+    if webhooks_admin:
+        section["webhooks_admin"] = True
     claims: dict[str, Any] = {"iat": issued, "exp": issued + int(ttl), CLAIM: section}
     for name, value in (("sub", subject), ("aud", audience), ("iss", issuer)):
         if value is not None:

@@ -173,15 +173,16 @@ async def authorized_selector(request: web.Request) -> tuple[Selector, Grant | N
     """The request's selector, bound to the data filters its token grants with
     (`where`), and the token's grant (None: no token was needed).
 
-    The token's filters are ANDed with the request's own in the selector, so
-    live matching, replay, `live=false` and pages all apply them, and no
-    request parameter can widen them.
+    Each pattern gets the filters of the grants that cover it (Grant.cover),
+    ANDed with the request's own in the selector, so live matching, replay,
+    `live=false` and pages all apply them, and no request parameter can
+    widen them.
     """
     selector = parse_selector(request)
     grant = await authorize(request, "subscribe", selector.patterns, "streams")
     if grant is not None:
-        selector = selector.bound(grant.filters_for(selector.patterns,
-                                                    request.app[ACCESS].anonymous, "streams"))
+        coverage = grant.cover(selector.patterns, request.app[ACCESS].anonymous, "streams")
+        selector = selector.scoped([[scope.where for scope in scopes] for scopes in coverage])
     return selector, grant
 
 

@@ -15,38 +15,56 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Hashable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from .events import Event
-from .filters import lookup, value_key
+from .filters import DataFilter, lookup, value_key
 from .metrics import HubStats
-from .patterns import StreamPattern, SubjectTree
+from .patterns import StreamPattern, SubjectTree, TypeFilter
 from .response import Payload, event_frame
 from .subscription import Selector, Subscription
 
 log = logging.getLogger(__name__)
 
 
+class Index(NamedTuple):
+    """Where a group is filed under one stream name or pattern: by a data
+    condition's path and keys, else by exact types, else nowhere (`path`
+    None and no `types`: tested on every event of the stream)."""
+
+    path: tuple[str, ...] | None
+    keys: frozenset[Hashable]
+    types: frozenset[str]
+
+    @classmethod
+    def of(cls, data: DataFilter | None, types: TypeFilter | None) -> Index:
+        condition = data.index_condition() if data is not None else None
+        if condition is not None:
+            return cls(condition.path, condition.index_keys() or frozenset(), frozenset())
+        if types is not None and not types.prefixes:
+            return cls(None, frozenset(), types.exact)
+        return cls(None, frozenset(), frozenset())
+
+
 class Group:
     """Live subscriptions with the same selector and format: matched once, written alike."""
 
-    __slots__ = ("selector", "cloudevents", "members", "path", "keys", "types")
+    __slots__ = ("selector", "cloudevents", "members", "filings")
 
     def __init__(self, selector: Selector, cloudevents: bool) -> None:
         self.selector = selector
         self.cloudevents = cloudevents
         self.members: set[Subscription] = set()
-        # Where the group is indexed: by a data condition's path and keys,
-        # else by exact types, else nowhere (tested on every event).
-        self.path: tuple[str, ...] | None = None
-        self.keys: frozenset[Hashable] = frozenset()
-        self.types: frozenset[str] = frozenset()
-        condition = selector.data.index_condition() if selector.data is not None else None
-        if condition is not None:
-            self.path = condition.path
-            self.keys = condition.index_keys() or frozenset()
-        elif selector.types is not None and not selector.types.prefixes:
-            self.types = selector.types.exact
+        # Each pattern with the index its matches must meet: the selector's
+        # data filter, or, for a selector in parts, the filter of each part
+        # that holds the pattern (a pattern in two parts is filed twice).
+        types = selector.types
+        if selector.parts:
+            self.filings = tuple((pattern, Index.of(part.data, types))
+                                 for part in selector.parts for pattern in part.patterns)
+        else:
+            index = Index.of(selector.data, types)
+            self.filings = tuple((pattern, index) for pattern in selector.patterns)
 
     def frame(self, event: Event) -> bytes:
         return event_frame(event, self.cloudevents)
@@ -63,29 +81,29 @@ class Route:
         self.rest: set[Group] = set()
         self.size = 0
 
-    def add(self, group: Group) -> None:
+    def add(self, group: Group, index: Index) -> None:
         self.size += 1
-        if group.path is not None:
+        if index.path is not None:
             # No keys (`in.()`): it can match nothing, and is filed nowhere.
-            for key in group.keys:
-                self.values.setdefault(group.path, {}).setdefault(key, set()).add(group)
-        elif group.types:
-            for type_ in group.types:
+            for key in index.keys:
+                self.values.setdefault(index.path, {}).setdefault(key, set()).add(group)
+        elif index.types:
+            for type_ in index.types:
                 self.types.setdefault(type_, set()).add(group)
         else:
             self.rest.add(group)
 
-    def remove(self, group: Group) -> None:
+    def remove(self, group: Group, index: Index) -> None:
         self.size -= 1
-        if group.path is not None:
-            table = self.values.get(group.path)
+        if index.path is not None:
+            table = self.values.get(index.path)
             if table is not None:
-                for key in group.keys:
+                for key in index.keys:
                     _discard(table, key, group)
                 if not table:
-                    del self.values[group.path]
-        elif group.types:
-            for type_ in group.types:
+                    del self.values[index.path]
+        elif index.types:
+            for type_ in index.types:
                 _discard(self.types, type_, group)
         else:
             self.rest.discard(group)
@@ -125,13 +143,13 @@ class Routes:
         self._patterns: SubjectTree[Route] = SubjectTree()
 
     def add(self, group: Group) -> None:
-        for pattern in group.selector.patterns:
-            self._route(pattern, create=True).add(group)
+        for pattern, index in group.filings:
+            self._route(pattern, create=True).add(group, index)
 
     def remove(self, group: Group) -> None:
-        for pattern in group.selector.patterns:
+        for pattern, index in group.filings:
             route = self._route(pattern, create=False)
-            route.remove(group)
+            route.remove(group, index)
             if not route.size:
                 if pattern.is_exact:
                     del self._exact[pattern.text]

@@ -145,7 +145,7 @@ async def test_each_users_token_gets_its_own_events_live(start_server: StartServ
         # The request's own eq comes after the token's: the index is the token's.
         groups = list(server.app[HUB]._index._groups.values())
         assert len(groups) == len(users)
-        assert {group.path for group in groups} == {("user",)}
+        assert {index.path for group in groups for _, index in group.filings} == {("user",)}
         ids = [row[0] for row in await db.fetch(
             "SELECT sse_stream.publish($1 || '.' || (n % 3), 't',"
             " jsonb_build_object('user', n % 20, 'k', 1))"
@@ -162,15 +162,50 @@ def test_token_terms_come_first_in_the_selector() -> None:
         "where": ["data.tenant=not.eq.x"]}})
     patterns = parse_pattern_list("orders.*")
     request = parse_data_filters([("data.status", "eq.paid"), ("or", "(data.a.eq.1,data.b.eq.2)")])
-    selector = Selector(patterns, None, request).bound(grant.filters_for(patterns))
-    assert selector.data is not None and request is not None
+    coverage = [[scope.where for scope in scopes] for scopes in grant.cover(patterns)]
+    selector = Selector(patterns, None, request).scoped(coverage)
+    assert selector.data is not None and request is not None and not selector.parts
     assert selector.data.terms[2:] == request.terms
     # The token-wide filter, then the grant's; the first eq indexes the group.
     group = Group(selector, False)
-    assert group.path == ("customer_id",) and "42" in group.keys
+    [(pattern, index)] = group.filings
+    assert pattern.text == "orders.*"
+    assert index.path == ("customer_id",) and "42" in index.keys
     # No token filters: the selector is the request's own.
     plain = Selector(patterns, None, request)
-    assert plain.bound(()) is plain
+    assert plain.bound(()) is plain and plain.scoped([[()]]) is plain
+
+
+def test_patterns_of_one_request_keep_their_own_grants() -> None:
+    grant = grant_from_claims({"sse_stream": {"subscribe": [
+        {"pattern": "orders.*", "where": ["data.customer_id=eq.42"]},
+        {"pattern": "orders.eu", "where": ["data.customer_id=eq.43"]}, "news"]}})
+    patterns = parse_pattern_list("orders.eu,news,orders.us")
+    request = parse_data_filters([("data.total", "gt.5")])
+    coverage = [[scope.where for scope in scopes] for scopes in grant.cover(patterns)]
+    selector = Selector(patterns, None, request).scoped(coverage)
+    assert selector.data is None and len(selector.parts) == 3
+    # Each filing is indexed by its own grant's eq; news by nothing.
+    filed = [(pattern.text, index.path, "42" in index.keys, "43" in index.keys)
+             for pattern, index in Group(selector, False).filings]
+    assert sorted(filed, key=str) == sorted([
+        ("orders.eu", ("customer_id",), True, False), ("orders.us", ("customer_id",), True, False),
+        ("orders.eu", ("customer_id",), False, True), ("news", None, False, False)], key=str)
+    from sse_stream.events import Event
+
+    def event(stream: str, data: str) -> Event:
+        return Event(1, parse_position("5-1"), stream, "t", data.encode(),
+                     "2026-01-01T00:00:00Z", 0.0)
+
+    # orders.eu: 42 or 43 (the union of its two grants), and the request's total.
+    assert selector.accepts(event("orders.eu", '{"customer_id": 43, "total": 9}'))
+    assert selector.accepts(event("orders.eu", '{"customer_id": 42, "total": 9}'))
+    assert not selector.accepts(event("orders.eu", '{"customer_id": 44, "total": 9}'))
+    assert not selector.accepts(event("orders.eu", '{"customer_id": 43, "total": 1}'))
+    # orders.us: 42 only; news: any customer, the request's total still applies.
+    assert not selector.accepts(event("orders.us", '{"customer_id": 43, "total": 9}'))
+    assert selector.accepts(event("news", '{"customer_id": 7, "total": 9}'))
+    assert not selector.accepts(event("news", '{"customer_id": 7, "total": 1}'))
 
 
 # -- per-grant where ---------------------------------------------------------------
@@ -192,29 +227,36 @@ async def test_per_grant_where(start_server: StartServer, db: asyncpg.Connection
     # A plain pattern grants its stream unfiltered.
     assert await page(server, f"/streams/{news}/events", headers) == headlines
     assert await replay(server, f"/streams/{news}", headers) == headlines
-    # Two patterns of one request bound to different filters: refused, never
-    # filtered with the other pattern's grant.
-    for path in (f"/streams/{orders},{news}", f"/streams/{news},{orders}/events",
-                 f"/streams/{orders},{stream}.public/events"):
-        body = assert_problem(await request(server, "GET", path, headers=headers), 403,
-                              "streams")
-        assert "separate stream" in body["detail"], body
-    # Patterns that share their grant's filters go together; anonymous ones
-    # have no filters, with or without the token.
+    # Two patterns of one request bound to different filters: each stream
+    # under its own grant's, in one connection, never the other pattern's.
+    both = sorted(mine + headlines)
+    for path in (f"/streams/{orders},{news}", f"/streams/{news},{orders}"):
+        assert await page(server, path + "/events", headers) == both
+        assert await replay(server, path, headers) == both
+    assert await page(server, f"/streams/{orders},{stream}.public/events", headers) == \
+        sorted(mine + public)
+    # The request's own filters still apply to every stream, on top.
+    assert await page(server, f"/streams/{orders},{news}/events?data.customer_id=eq.1",
+                      headers) == headlines[:1]
+    # Anonymous patterns have no filters, with or without the token.
     assert await page(server, f"/streams/{news},{stream}.public/events", headers) == \
         headlines + public
     assert await page(server, f"/streams/{stream}.public/events", {}) == public
 
-    # Live: the filtered and the unfiltered grant, on one token, side by side.
+    # Live: the filtered and the unfiltered grant, on one connection and side
+    # by side on two.
     async with open_stream(str(server.make_url(f"/streams/{orders}")), headers=headers) as a, \
-            open_stream(str(server.make_url(f"/streams/{news}")), headers=headers) as b:
-        await joined(a)
-        await joined(b)
+            open_stream(str(server.make_url(f"/streams/{news}")), headers=headers) as b, \
+            open_stream(str(server.make_url(f"/streams/{orders},{news}")),
+                        headers=headers) as c:
+        for sse in (a, b, c):
+            await joined(sse)
         later = await seed(db, orders)
         more = [await publish(db, news, "headline", {"customer_id": n}) for n in (43, 44)]
-        assert [envelope(m)["id"] for m in await a.take(3)] == [
-            id_ for id_, (_, data) in later.items() if str(data.get("customer_id")) == "42"]
+        theirs = [id_ for id_, (_, data) in later.items() if str(data.get("customer_id")) == "42"]
+        assert [envelope(m)["id"] for m in await a.take(3)] == theirs
         assert [envelope(m)["id"] for m in await b.take(2)] == more
+        assert [envelope(m)["id"] for m in await c.take(5)] == theirs + more
 
 
 async def test_the_unfiltered_grant_wins_and_token_wide_where_joins_every_grant(
@@ -229,11 +271,12 @@ async def test_the_unfiltered_grant_wins_and_token_wide_where_joins_every_grant(
     both = bearer(token([{"pattern": f"{stream}.*", "where": ["data.customer_id=eq.42"]},
                          f"{stream}.>"]))
     assert await page(server, path, both) == everyone
-    # Two filtered grants: the first in the claim's order.
+    # Two filtered grants: their union (either grant alone would allow it).
     two = bearer(token([{"pattern": f"{stream}.*", "where": ["data.customer_id=eq.43"]},
                         {"pattern": orders, "where": ["data.customer_id=eq.42"]}]))
     assert await page(server, path, two) == [
-        i for i, (_, data) in events.items() if data.get("customer_id") == 43]
+        i for i, (_, data) in events.items() if str(data.get("customer_id")) in ("42", "43")]
+    assert await replay(server, f"/streams/{orders}", two) == await page(server, path, two)
     # The token-wide where is ANDed with every grant's own.
     wide = bearer(token([{"pattern": f"{stream}.*", "where": ["data.customer_id=eq.42"]}],
                         where=["or=(data.total.lt.8,data.total.gt.100)"], publish_=[orders]))
