@@ -6,13 +6,30 @@
 
 -- name: webhook_create
 SELECT to_jsonb(w) FROM sse_stream.create_webhook($1, $2::text[], $3::text[], $4::text[], $5,
-                                                  $6, $7) w;
+                                                  $6, $7, $8, $9::jsonb) w;
+
+-- name: webhook_owner_lock
+-- Serialises the creations of one owner ($1: sub, $2: iss) until the end of
+-- the transaction, so that the count below and the insert cannot race.
+SELECT pg_advisory_xact_lock(hashtextextended(
+    'sse_stream.webhooks/' || coalesce($2::text, '') || '/' || $1::text, 0));
+
+-- name: webhook_owned
+SELECT count(*) FROM sse_stream.webhooks w
+WHERE w.created_by = $1 AND w.created_by_issuer IS NOT DISTINCT FROM $2::text;
 
 -- name: webhook_get
 SELECT to_jsonb(w) FROM sse_stream.webhooks w WHERE w.id = $1::uuid;
 
--- name: webhook_list
-SELECT to_jsonb(w) FROM sse_stream.webhooks w ORDER BY w.created_at, w.id LIMIT $1;
+-- name: webhook_page
+-- Webhooks oldest first after ($4 created_at, $5 id), at most $6: those of
+-- owner ($2 sub, $3 iss), or everyone's when $1 (an admin).
+SELECT to_jsonb(w) FROM sse_stream.webhooks w
+WHERE ($1::boolean OR (w.created_by = $2::text
+                       AND w.created_by_issuer IS NOT DISTINCT FROM $3::text))
+  AND (w.created_at, w.id) > ($4::timestamptz, $5::uuid)
+ORDER BY w.created_at, w.id
+LIMIT $6;
 
 -- name: webhook_pause
 SELECT to_jsonb(w) FROM sse_stream.pause_webhook($1::uuid) w WHERE w.id IS NOT NULL;

@@ -69,7 +69,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if settings.prune_older_than is not None:
         retention = Retention(store, timedelta(seconds=settings.prune_older_than),
                               settings.prune_interval, settings.prune_batch,
-                              force=settings.prune_past_webhooks)
+                              force=settings.prune_past_webhooks,
+                              max_hold=settings.webhooks_max_hold)
     # Webhooks: the hub hands each page of its shared read to the deliverer.
     deliverer = Deliverer(store, settings, lambda: hub.watermark) if settings.webhooks else None
     if deliverer is not None:

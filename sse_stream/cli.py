@@ -190,7 +190,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return fail(args, str(error))
 
 
-async def _prune(dsn: str, older_than: float, batch: int, force: bool) -> int:
+async def _prune(dsn: str, older_than: float, batch: int, force: bool, max_hold: float) -> int:
     from datetime import timedelta
 
     from .retention import prune
@@ -199,7 +199,8 @@ async def _prune(dsn: str, older_than: float, batch: int, force: bool) -> int:
     store = EventStore(dsn)
     await store.open()
     try:
-        result = await prune(store, timedelta(seconds=older_than), batch, force=force)
+        result = await prune(store, timedelta(seconds=older_than), batch, force=force,
+                             max_hold=max_hold)
         position = await store.pruned_position()
     finally:
         await store.close()
@@ -216,7 +217,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return fail(args, "--older-than is required (e.g. 30d)")
     with database(settings) as dsn:
         return asyncio.run(_prune(dsn, settings.prune_older_than, settings.prune_batch,
-                                  settings.prune_past_webhooks))
+                                  settings.prune_past_webhooks, settings.webhooks_max_hold))
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -236,7 +237,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         token = mint(settings.jwt_secret, patterns(args.subscribe), patterns(args.publish),
                      options.ttl, subject=args.sub, audience=args.aud or settings.jwt_audience,
                      issuer=args.iss or settings.jwt_issuer, where=args.where,
-                     webhooks=patterns(args.webhooks))
+                     webhooks=patterns(args.webhooks), webhooks_admin=args.webhooks_admin)
     except ValueError as error:
         return fail(args, str(error))
     except Refusal as error:
@@ -260,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="delete old events in small batches")
     add_flags(prune, ["prune_older_than"], aliases={"prune_older_than": "--older-than"})
-    add_flags(prune, ["dsn", "data_dir", "prune_batch", "prune_past_webhooks", "log_level"])
+    add_flags(prune, ["dsn", "data_dir", "prune_batch", "prune_past_webhooks",
+                      "webhooks_max_hold", "log_level"])
     prune.set_defaults(func=cmd_prune)
 
     tail = commands.add_parser(
@@ -290,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "to, as in a query: data.customer_id=eq.42 or or=(...) (repeatable, "
                             "ANDed)")
     token.add_argument("--webhooks", action="append", default=[], metavar="PATTERN",
-
-                       help="stream pattern whose webhooks the token may manage (repeatable)")
+                       help="stream pattern whose webhooks the token may create and manage "
+                            "(repeatable); they read no more than its --subscribe and --where")
+    token.add_argument("--webhooks-admin", action="store_true",
+                       help="the token sees and manages every owner's webhooks on its "
+                            "--webhooks patterns, not only its own (--sub)")
     add_flags(token, ["ttl"], CommandOptions)
     token.add_argument("--sub", default=None, help="subject claim (e.g. the user id)")
     token.add_argument("--aud", default=None,

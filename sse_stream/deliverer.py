@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from .addresses import AddressGuard
 from .errors import DatabaseUnavailable, Refusal
 from .events import ORIGIN, Position
 from .metrics import Tally
@@ -50,7 +51,7 @@ from .subscription import Selector
 from .target import Target, Targets
 from .tasks import cancel_and_wait
 from .webhook_store import Backlog, Outcome, WebhookStore
-from .webhooks import AddressGuard, Webhook, gap_envelope, message_id, retry_delay
+from .webhooks import Webhook, gap_envelope, message_id, retry_delay
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Deliverer:
         self.schedule = settings.webhooks_retry
         self.disable_after = settings.webhooks_disable_after
         self.lease = settings.webhooks_lease
-        self.sender = Sender(settings, AddressGuard(settings.webhooks_allow_private))
+        self.sender = Sender(settings, AddressGuard.of(settings))
         self.targets = Targets()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self.observed = ORIGIN  # the covered position of the last page observed

@@ -6,7 +6,8 @@ go on meanwhile. The highest deleted position is recorded with the rows'
 deletion in `sse_stream.retention`; a stream asked to start before it gets
 an `sse.gap` control event first (see Hub._catch_up). Retention stops at the
 oldest cursor of a webhook that is not disabled unless forced
-(`prune_past_webhooks`); a webhook it passed gets `sse.gap` first too.
+(`prune_past_webhooks`), but no longer than `webhooks_max_hold` for one that
+is paused or failing; a webhook it passed gets `sse.gap` first too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import timedelta
 
 from .errors import DatabaseUnavailable
 from .events import Position
+from .settings import Settings
 from .store import EventStore
 from .tasks import cancel_and_wait
 from .webhook_store import prune_attempts
@@ -35,15 +37,17 @@ class PruneResult:
 
 
 async def prune(store: EventStore, older_than: timedelta, batch: int = 10_000,
-                max_batches: int | None = None, force: bool = False) -> PruneResult:
+                max_batches: int | None = None, force: bool = False,
+                max_hold: float = Settings.webhooks_max_hold) -> PruneResult:
     """Delete, batch after batch, every final event older than `older_than`,
     and the webhook delivery attempts as old. Events a webhook that is not
-    disabled has yet to deliver are kept, unless `force`."""
+    disabled has yet to deliver are kept, unless `force`, or the webhook has
+    been paused or failing for `max_hold` seconds."""
     deleted = batches = 0
     highest: Position | None = None
     await prune_attempts(store, older_than.total_seconds())
     while max_batches is None or batches < max_batches:
-        count, position = await store.prune_batch(older_than, batch, force)
+        count, position = await store.prune_batch(older_than, batch, force, max_hold)
         batches += 1
         deleted += count
         if position is not None:
@@ -58,9 +62,11 @@ class Retention:
     """The periodic prune of a serving process."""
 
     def __init__(self, store: EventStore, older_than: timedelta, interval: float,
-                 batch: int, force: bool = False) -> None:
+                 batch: int, force: bool = False,
+                 max_hold: float = Settings.webhooks_max_hold) -> None:
         self.store = store
         self.force = force
+        self.max_hold = max_hold
         self.older_than = older_than
         self.interval = interval
         self.batch = batch
@@ -77,7 +83,8 @@ class Retention:
     async def _run(self) -> None:
         while True:
             try:
-                result = await prune(self.store, self.older_than, self.batch, force=self.force)
+                result = await prune(self.store, self.older_than, self.batch, force=self.force,
+                                     max_hold=self.max_hold)
                 self.deleted += result.deleted
                 if result.deleted:
                     log.info("pruned %d events older than %s up to %s", result.deleted,

@@ -3,33 +3,60 @@
 One aiohttp session per process, shared by every webhook (connections are
 kept alive per host). Each request has a connect timeout and a total one,
 follows no redirect, and reads at most RESPONSE_CAP bytes of a response
-(and none of a 2xx). The SSRF guard runs at connect time: the resolver
-refuses names that resolve to refused addresses, and addresses written in
-the URL are checked before the request (aiohttp does not resolve them).
+(and none of a 2xx). The SSRF guard (addresses.py) runs at every attempt,
+before any connection: a host written as an address, in any form, is checked
+and rewritten to its canonical text (aiohttp connects to it without
+resolving, and versions differ on the odd forms), and the resolver refuses
+names whose addresses are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import aiohttp
-from yarl import URL
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
+from .addresses import AddressGuard
 from .metrics import LAG_BUCKETS, Buckets
 from .settings import Settings
 from .webhook_store import Outcome
-from .webhooks import AddressGuard, GuardedResolver, signed_headers
+from .webhooks import signed_headers
 
 RESPONSE_CAP = 64 * 1024  # bytes of a response read at most
 MAX_ERROR = 300  # characters of an error kept
 USER_AGENT = "sse-stream-webhooks"
 
 
+class GuardedResolver(AbstractResolver):
+    """A resolver (aiohttp's own unless another is given) that refuses a name
+    resolving to a refused address: the check at connect time, on the very
+    addresses the connection will use."""
+
+    def __init__(self, guard: AddressGuard, resolver: AbstractResolver | None = None) -> None:
+        self.guard = guard
+        self._resolver = resolver if resolver is not None else DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = await self._resolver.resolve(host, port, family)
+        for item in found:
+            self.guard.check_resolved(host, item["host"])
+        return found
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
 class Sender:
-    def __init__(self, settings: Settings, guard: AddressGuard) -> None:
+    def __init__(self, settings: Settings, guard: AddressGuard,
+                 resolver: AbstractResolver | None = None) -> None:
         self.settings = settings
         self.guard = guard
+        self.resolver = resolver  # under the guard; None: aiohttp's own
         self.latency = Buckets(LAG_BUCKETS)  # request start to response, seconds
         self._session: aiohttp.ClientSession | None = None
 
@@ -37,7 +64,8 @@ class Sender:
         """Make the session (in the running loop)."""
         settings = self.settings
         connector = aiohttp.TCPConnector(limit=settings.webhooks_concurrency,
-                                         resolver=GuardedResolver(self.guard))
+                                         resolver=GuardedResolver(self.guard,
+                                                                  self.resolver))
         self._session = aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=settings.webhooks_timeout,
@@ -61,11 +89,12 @@ class Sender:
         error: str | None = None
         started = time.monotonic()
         try:
-            self.guard.check_host(URL(url).host or "")
+            # Refused here (OSError), the attempt fails without connecting.
+            target = self.guard.target(url)
             # The client's total timeout ends the request; this bound is what
             # the lease relies on, whatever happens inside the client.
             async with asyncio.timeout(timeout + 0.5):
-                async with self._session.post(url, data=body, headers=headers,
+                async with self._session.post(target, data=body, headers=headers,
                                               allow_redirects=False) as response:
                     status = response.status
                     text = b""

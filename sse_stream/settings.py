@@ -36,6 +36,7 @@ from .values import (
     format_duration,
     network,
     parse_duration,
+    port_number,
     stream_pattern,
 )
 
@@ -183,6 +184,14 @@ class Settings:
                                    "--webhooks-timeout + 2s)", SECONDS)
     webhooks_connections: int = _field(2, "database connections for webhook delivery per "
                                        "process", Whole(1))
+    webhooks_ports: tuple[str, ...] = _field((), "the only ports webhook URLs may name (443 "
+                                             "for https and 80 for http when a URL names "
+                                             "none)", Words(port_number), default_text="any port")
+    webhooks_per_owner: int = _field(100, "webhooks one token subject (sub and iss) may own "
+                                     "(0: no limit)", Whole(0))
+    webhooks_max_hold: float = _field(604800.0, "how long a paused or failing webhook holds "
+                                      "retention back; past it, retention prunes as if it "
+                                      "were not there (it gets sse.gap)", SECONDS)
     prune_past_webhooks: bool = _field(False, "retention prunes by age even past the cursor of "
                                        "webhooks (they get sse.gap); off: it waits for webhooks "
                                        "that are not disabled", SWITCH)

@@ -330,15 +330,17 @@ class EventStore:
             row = await connection.fetchrow(query("pruned_position"))
         return None if row is None else Position(row[0], row[1])
 
-    async def prune_batch(self, older_than: timedelta, limit: int,
-                          force: bool = False) -> tuple[int, Position | None]:
+    async def prune_batch(self, older_than: timedelta, limit: int, force: bool = False,
+                          max_hold: float = 604800.0) -> tuple[int, Position | None]:
         """Delete at most `limit` of the oldest final events created before
-        now - `older_than`, none past a webhook's cursor unless `force`;
+        now - `older_than`, none past a webhook's cursor unless `force` (a
+        webhook paused or failing for `max_hold` seconds holds nothing);
         return how many and the highest position deleted."""
         async with self._connection(self._background) as connection:
             cutoff = await connection.fetchval("SELECT clock_timestamp() - $1::interval",
                                                older_than)
-            row = await connection.fetchrow(query("prune_batch"), cutoff, limit, force)
+            row = await connection.fetchrow(query("prune_batch"), cutoff, limit, force,
+                                            max_hold)
         deleted: int = row["deleted"]
         return deleted, None if row["xid"] is None else Position(row["xid"], row["id"])
 

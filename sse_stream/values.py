@@ -215,6 +215,12 @@ def network(text: str) -> None:
     ipaddress.ip_network(text, strict=False)  # ValueError: "'x' does not appear to be ..."
 
 
+def port_number(text: str) -> None:
+    """Check a TCP port number (of webhook targets)."""
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise ValueError(f"{text!r} is not a port (1 to 65535)")
+
+
 def stream_pattern(text: str) -> None:
     """Check a stream pattern (of streams open to everyone)."""
     try:

@@ -2,8 +2,9 @@
 
 Manages webhooks in the database directly, through the SQL functions of
 sql/0005_webhooks.sql (as `publish` writes events), with the checks of
-POST /webhooks: the URL's addresses (unless --webhooks-allow-private), the
-streams, types and filters. Prints JSON; `add` prints the secret, once.
+POST /webhooks: the URL's addresses (unless --webhooks-allow-private) and
+port (--webhooks-ports), the streams, types and filters. Prints JSON; `add`
+prints the secret, once.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import argparse
 import asyncio
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .settings import add_flags
+
+if TYPE_CHECKING:
+    from .addresses import AddressGuard
 
 
 def add_commands(commands: Any) -> None:
@@ -34,7 +38,7 @@ def add_commands(commands: Any) -> None:
     add.add_argument("--start", default="now",
                      help="now (default: events committed from now on), 0 (from the oldest "
                           "retained event) or a position")
-    add_flags(add, ["dsn", "data_dir", "webhooks_allow_private"])
+    add_flags(add, ["dsn", "data_dir", "webhooks_allow_private", "webhooks_ports"])
     listing = actions.add_parser("list", help="every webhook, oldest first")
     add_flags(listing, ["dsn", "data_dir"])
     for name, text in (("show", "one webhook: state, cursor, backlog, last attempts"),
@@ -52,19 +56,20 @@ def add_commands(commands: Any) -> None:
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
+    from .addresses import AddressGuard
     from .cli import database, settings_from
 
     settings = settings_from(args)
     with database(settings) as dsn:
-        return asyncio.run(_run(args, dsn, settings.webhooks_allow_private))
+        return asyncio.run(_run(args, dsn, AddressGuard.of(settings)))
 
 
-async def _run(args: argparse.Namespace, dsn: str, allow_private: bool) -> int:
+async def _run(args: argparse.Namespace, dsn: str, guard: AddressGuard) -> int:
     from .errors import DatabaseUnavailable, Refusal
     from .events import parse_position
     from .store import EventStore
     from .webhook_store import WebhookStore
-    from .webhooks import AddressGuard, Webhook, WebhookSpec, new_secret
+    from .webhooks import FIRST_PAGE, Webhook, WebhookSpec, new_secret
 
     def fail(message: str, code: int = 2) -> int:
         print(f"sse-stream webhooks {args.action}: {message}", file=sys.stderr)
@@ -78,11 +83,16 @@ async def _run(args: argparse.Namespace, dsn: str, allow_private: bool) -> int:
             spec = WebhookSpec.parse({"url": args.url, "streams": args.streams,
                                       "type": args.type, "where": args.where,
                                       "start": args.start})
-            await AddressGuard(allow_private).check_url(spec.url)
+            await guard.check_url(spec.url)
             created = await webhooks.create(spec, new_secret(), "cli")
             return _print({**created.view(), "secret": created.secret})
         if args.action == "list":
-            return _print({"webhooks": [w.view() for w in await webhooks.all()]})
+            listed: list[Webhook] = []
+            after = FIRST_PAGE
+            while page := await webhooks.page(after, 1000, everyone=True):
+                listed += page
+                after = (page[-1].created_at, page[-1].id)
+            return _print({"webhooks": [w.view() for w in listed]})
         try:
             id_ = str(uuid.UUID(args.id))
         except ValueError:

@@ -3,9 +3,17 @@
 Access: a token whose claim grants `"webhooks": [patterns]` covering every
 stream of the webhook (sent as `Authorization: Bearer` or `access_token`,
 never a cookie: these requests write); without a key configured, protected
-mode (loopback only). A webhook the token does not cover answers 404, as an
-unknown one does: one tenant cannot probe another's. Refusals are
-Refusal, turned into problem+json by handlers.problem_middleware.
+mode (loopback only), which acts as an admin.
+
+Tenancy. A webhook is a standing subscription of the token that made it,
+and never more: its streams must be covered by the token's `subscribe`
+grants too, whose `where` filters are stored with it (`grant_where`) and
+bind every delivery. It belongs to the token's subject (`sub`, and `iss`
+where set): list, show, change and delete see only the caller's own, unless
+the token has `"webhooks_admin": true`. Another owner's webhook, or one the
+token's `webhooks` patterns do not cover, answers 404, as an unknown one
+does: one tenant cannot probe another's. Refusals are Refusal, turned into
+problem+json by handlers.problem_middleware.
 """
 
 from __future__ import annotations
@@ -16,14 +24,23 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .addresses import AddressGuard
 from .auth import Grant, Unauthorized, allows, find_token
 from .deliverer import Deliverer
 from .errors import Refusal
 from .events import parse_position
-from .handlers import ACCESS, SETTINGS, STORE, check_json, read_body
+from .handlers import ACCESS, PAGE_DEFAULT, PAGE_MAX, SETTINGS, STORE, check_json, read_body
 from .patterns import parse_pattern
 from .webhook_store import WebhookStore
-from .webhooks import AddressGuard, Webhook, WebhookSpec, new_secret
+from .webhooks import (
+    FIRST_PAGE,
+    GrantWhere,
+    Webhook,
+    WebhookSpec,
+    grant_where_of,
+    new_secret,
+    parse_page_key,
+)
 
 DELIVERER = web.AppKey("deliverer", Deliverer)
 MAX_BODY = 64 * 1024
@@ -51,11 +68,22 @@ async def _grant(request: web.Request) -> Grant | None:
     if not grant.webhooks:
         raise Refusal("Authorization", "the token does not allow to manage webhooks "
                       "(its claim has no \"webhooks\" patterns)", status=403)
+    if grant.subject is None and not grant.webhooks_admin:
+        raise Refusal("Authorization", "a webhook belongs to the subject of the token that "
+                      "makes it: the token needs a \"sub\" claim", status=403)
     return grant
 
 
 def _covers(grant: Grant | None, streams: tuple[str, ...]) -> bool:
     return grant is None or allows(grant.webhooks, [parse_pattern(s) for s in streams])
+
+
+def _visible(grant: Grant | None, webhook: Webhook) -> bool:
+    """The caller's own (or any, for an admin), on streams its token covers."""
+    if grant is None:
+        return True
+    return (grant.webhooks_admin or webhook.owned_by(grant.subject, grant.issuer)) and \
+        _covers(grant, webhook.streams)
 
 
 def _store(request: web.Request) -> WebhookStore:
@@ -81,9 +109,9 @@ async def _body(request: web.Request) -> Any:
 
 
 async def _mine(request: web.Request, grant: Grant | None) -> Webhook:
-    """The webhook of the path, if the token covers it (else 404)."""
+    """The webhook of the path, if the caller may see it (else 404)."""
     webhook = await _store(request).get(_id(request))
-    if webhook is None or not _covers(grant, webhook.streams):
+    if webhook is None or not _visible(grant, webhook):
         raise Refusal("id", "no such webhook", status=404)
     return webhook
 
@@ -104,23 +132,53 @@ async def create(request: web.Request) -> web.Response:
     """POST /webhooks: 201 with the webhook and its secret (shown this once)."""
     grant = await _grant(request)
     spec = WebhookSpec.parse(await _body(request))
-    if not _covers(grant, spec.streams):
-        raise Refusal("streams", "the token does not allow webhooks on these streams",
-                      status=403)
     settings = request.app[SETTINGS]
-    await AddressGuard(settings.webhooks_allow_private).check_url(spec.url)
-    webhook = await _store(request).create(spec, new_secret(),
-                                           grant.subject if grant is not None else None)
+    grant_where: GrantWhere | None = None
+    if grant is not None:
+        if not _covers(grant, spec.streams):
+            raise Refusal("streams", "the token does not allow webhooks on these streams",
+                          status=403)
+        # A standing subscription of the token: it may read no more than a
+        # stream of the same token could, and its grants' filters go with it.
+        coverage = grant.cover([parse_pattern(s) for s in spec.streams],
+                               request.app[ACCESS].anonymous, "streams")
+        grant_where = grant_where_of(spec.streams, coverage)
+    await AddressGuard.of(settings).check_url(spec.url)
+    webhook = await _store(request).create(
+        spec, new_secret(), grant.subject if grant is not None else None,
+        grant.issuer if grant is not None else None, grant_where,
+        settings.webhooks_per_owner if grant is not None else 0)
     _poke(request)
     return _json({**webhook.view(), "secret": webhook.secret}, 201,
                  {"Location": f"/webhooks/{webhook.id}"})
 
 
 async def index(request: web.Request) -> web.Response:
-    """GET /webhooks: the webhooks the token covers, oldest first."""
+    """GET /webhooks?limit=L&after=A: the caller's webhooks (an admin's: every
+    owner's) on streams its token covers, oldest first, a page at a time:
+    `{"webhooks": [...], "next_after": A, "has_more": bool}`."""
     grant = await _grant(request)
-    found = await _store(request).all()
-    return _json({"webhooks": [w.view() for w in found if _covers(grant, w.streams)]})
+    for key in request.query:
+        if key not in ("limit", "after", "access_token"):
+            raise Refusal(key, "unknown query parameter")
+    try:
+        limit = int(request.query.get("limit", PAGE_DEFAULT))
+    except ValueError:
+        raise Refusal("limit", "must be a whole number") from None
+    if not 1 <= limit <= PAGE_MAX:
+        raise Refusal("limit", f"must be between 1 and {PAGE_MAX}")
+    after = request.query.get("after")
+    start = FIRST_PAGE if after is None else parse_page_key(after)
+    everyone = grant is None or grant.webhooks_admin
+    found = await _store(request).page(
+        start, limit + 1, everyone, None if grant is None else grant.subject,
+        None if grant is None else grant.issuer)
+    page, has_more = found[:limit], len(found) > limit
+    # The owner filter is the query's; the pattern filter may leave a page
+    # short (an admin whose patterns cover few), never stop the walk.
+    return _json({"webhooks": [w.view() for w in page if _visible(grant, w)],
+                  "next_after": page[-1].page_key() if page else after,
+                  "has_more": has_more})
 
 
 async def show(request: web.Request) -> web.Response:

@@ -11,15 +11,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import asyncpg
+import orjson
 
 from .errors import Refusal
 from .events import Position
 from .queries import query
 from .store import EventStore
-from .webhooks import Webhook, WebhookSpec, selector_of, time_text
+from .webhooks import GrantWhere, Webhook, WebhookSpec, grant_where_json, time_text
 
 BACKLOG_SCAN = 100_000  # rows of its streams a backlog count examines at most
 
@@ -76,18 +78,36 @@ class WebhookStore:
     # -- management ---------------------------------------------------------------------
 
     async def create(self, spec: WebhookSpec, secret: str | None,
-                     created_by: str | None = None) -> Webhook:
-        found = await self._one("webhook_create", spec.url, list(spec.streams),
-                                None if spec.types is None else list(spec.types),
-                                list(spec.filters), spec.start, secret, created_by)
-        assert found is not None
-        return found
+                     created_by: str | None = None, created_by_issuer: str | None = None,
+                     grant_where: GrantWhere | None = None, cap: int = 0) -> Webhook:
+        """A new webhook of owner `created_by` (and `created_by_issuer`), bound
+        by `grant_where`. With `cap`, an owner who has that many already gets
+        a 409; the count and the insert are serialised per owner."""
+        args = (spec.url, list(spec.streams), None if spec.types is None else list(spec.types),
+                list(spec.filters), spec.start, secret, created_by, created_by_issuer,
+                None if grant_where is None else orjson.dumps(grant_where_json(grant_where))
+                .decode())
+        async with self._connection() as connection, connection.transaction():
+            if cap and created_by is not None:
+                await connection.execute(query("webhook_owner_lock"), created_by,
+                                         created_by_issuer)
+                owned = await connection.fetchval(query("webhook_owned"), created_by,
+                                                  created_by_issuer)
+                if owned >= cap:
+                    raise Refusal("Authorization", f"the token's subject owns {owned} "
+                                  "webhooks, the most allowed (webhooks_per_owner): delete "
+                                  "one first", status=409)
+            row = await connection.fetchrow(query("webhook_create"), *args)
+        return Webhook.from_json(row[0])
 
     async def get(self, id_: str) -> Webhook | None:
         return await self._one("webhook_get", id_)
 
-    async def all(self, limit: int = 1000) -> list[Webhook]:
-        return await self._rows("webhook_list", limit)
+    async def page(self, after: tuple[datetime, str], limit: int, everyone: bool,
+                   subject: str | None = None, issuer: str | None = None) -> list[Webhook]:
+        """At most `limit` webhooks created after `after` (a page key), oldest
+        first: those of the owner `subject` and `issuer`, or `everyone`'s."""
+        return await self._rows("webhook_page", everyone, subject, issuer, *after, limit)
 
     async def pause(self, id_: str) -> Webhook | None:
         return await self._one("webhook_pause", id_)
@@ -112,7 +132,7 @@ class WebhookStore:
                  "events": row["events"], "webhook_id": row["message_id"]} for row in rows]
 
     async def backlog(self, webhook: Webhook, scan: int = BACKLOG_SCAN) -> Backlog:
-        selector = selector_of(webhook.streams, webhook.types, webhook.filters).to_sql(4)
+        selector = webhook.selector().to_sql(4)
         sql = query("webhook_backlog").replace("{streams}", selector.streams) \
             .replace("{filter}", selector.filter)
         async with self._connection() as connection:

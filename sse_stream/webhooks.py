@@ -5,35 +5,30 @@ A webhook is a durable subscription with a cursor kept in the database
 the cursor that match its streams, types and data filters, as
 `{"events": [envelope, ...]}`, signed as Standard Webhooks does.
 
-Pure code, but for resolving host names: the SSRF guard refuses targets that
-resolve to loopback, private, link-local, multicast or other non-public
-addresses, when a webhook is created (`AddressGuard.check_url`) and again at
-every connection (`GuardedResolver`, and `AddressGuard.check_host` for
-addresses written in the URL, which aiohttp does not resolve), since a
-name may point elsewhere by then.
+Pure code. Where a webhook may connect (the SSRF guard) is the rule of
+addresses.py, re-exported here: checked when a webhook is created
+(`AddressGuard.check_url`) and again at every connection (sender.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import random
 import secrets
-import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from .auth import parse_where
+from .addresses import AddressGuard as AddressGuard  # re-exported: the SSRF guard
+from .addresses import refusal as refusal
+from .auth import Coverage, parse_where
 from .errors import Refusal
 from .events import ORIGIN, Position, parse_position
 from .filters import DataFilter
@@ -45,7 +40,6 @@ MAX_URL = 2048
 MAX_STREAMS = 50
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
-RESOLVE_TIMEOUT = 5.0  # seconds to resolve a URL's host at creation
 _FIELDS = {"url", "streams", "type", "where", "start"}
 
 
@@ -65,14 +59,56 @@ def position_text(position: Position) -> str:
     return "0" if position == ORIGIN else position.encode()
 
 
+GrantWhere = tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # ((streams, where), ...)
+
+
 def selector_of(streams: Sequence[str], types: Sequence[str] | None,
-                filters: Sequence[str]) -> Selector:
+                filters: Sequence[str], grant_where: GrantWhere | None = None) -> Selector:
     """The selector of a webhook's streams, types and data filters (the
-    syntax of a subscription); raises Refusal naming the field."""
+    syntax of a subscription), bound by the filters of its owner's grants
+    (`grant_where`, see `grant_where_of`; None: unbound); raises Refusal
+    naming the field."""
     patterns = {text: parse_pattern(text, "streams") for text in streams}
     terms = parse_where(list(filters), "where")
-    return Selector(tuple(patterns.values()), parse_type_filter(list(types or []), "type"),
-                    DataFilter(terms) if terms else None)
+    selector = Selector(tuple(patterns.values()), parse_type_filter(list(types or []), "type"),
+                        DataFilter(terms) if terms else None)
+    if grant_where is None:
+        return selector
+    coverage = []
+    for text in patterns:
+        alternatives = [parse_where(list(where), "grant_where")
+                        for covered, where in grant_where if text in covered]
+        if not alternatives:
+            raise Refusal("grant_where", f"no grant covers the stream {text!r}")
+        coverage.append(alternatives)
+    return selector.scoped(coverage)
+
+
+def grant_where_of(streams: Sequence[str], coverage: Coverage) -> GrantWhere:
+    """What a webhook keeps of the grants that cover its streams
+    (Grant.cover): for each set of filters, the streams it binds. A stream
+    that an unfiltered grant covers is bound by none; one that several
+    filtered grants cover is listed with each (their union applies)."""
+    bound: dict[tuple[str, ...], list[str]] = {}
+    for text, scopes in zip(streams, coverage):
+        alternatives = [()] if any(not scope.texts for scope in scopes) else \
+            list(dict.fromkeys(scope.texts for scope in scopes))
+        for where in alternatives:
+            bound.setdefault(where, []).append(text)
+    return tuple((tuple(covered), where) for where, covered in bound.items())
+
+
+def grant_where_json(grant_where: GrantWhere | None) -> list[dict[str, list[str]]] | None:
+    """The stored (and shown) form: [{"streams": [...], "where": [...]}, ...]."""
+    if grant_where is None:
+        return None
+    return [{"streams": list(covered), "where": list(where)} for covered, where in grant_where]
+
+
+def _grant_where(value: Any) -> GrantWhere | None:
+    if value is None:
+        return None
+    return tuple((tuple(entry["streams"]), tuple(entry["where"])) for entry in value)
 
 
 @dataclass(frozen=True)
@@ -102,6 +138,9 @@ class Webhook:
     created_by: str | None
     created_at: datetime
     updated_at: datetime
+    created_by_issuer: str | None = None
+    grant_where: GrantWhere | None = None  # None: unbound (made by SQL, the CLI or an admin)
+    paused_at: datetime | None = None
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Webhook:
@@ -115,10 +154,22 @@ class Webhook:
             datetime.fromisoformat(row["next_attempt_at"]), row["attempts"], row["delivered"],
             _time(row["last_attempt_at"]), row["last_status"], row["last_latency_ms"],
             row["last_error"], row["lease_owner"], row["lease_epoch"], row["created_by"],
-            datetime.fromisoformat(row["created_at"]), datetime.fromisoformat(row["updated_at"]))
+            datetime.fromisoformat(row["created_at"]), datetime.fromisoformat(row["updated_at"]),
+            row.get("created_by_issuer"), _grant_where(row.get("grant_where")),
+            _time(row.get("paused_at")))
 
     def selector(self) -> Selector:
-        return selector_of(self.streams, self.types, self.filters)
+        return selector_of(self.streams, self.types, self.filters, self.grant_where)
+
+    def owned_by(self, subject: str | None, issuer: str | None) -> bool:
+        return subject is not None and self.created_by == subject and \
+            self.created_by_issuer == issuer
+
+    def page_key(self) -> str:
+        """Where a listing goes on after this webhook (GET /webhooks' next_after):
+        opaque to clients, its creation time in microseconds and its id."""
+        micros = (self.created_at - _EPOCH) // timedelta(microseconds=1)
+        return f"{micros}_{self.id}"
 
     def view(self) -> dict[str, Any]:
         """What GET /webhooks shows (never the secret)."""
@@ -135,8 +186,26 @@ class Webhook:
             "failing_since": time_text(self.failing_since), "last_attempt": last,
             "next_attempt_at": time_text(self.next_attempt_at) if self.state == "active"
             else None,
-            "created_by": self.created_by, "created_at": time_text(self.created_at),
+            "grant_where": grant_where_json(self.grant_where),
+            "created_by": self.created_by, "created_by_issuer": self.created_by_issuer,
+            "paused_at": time_text(self.paused_at), "created_at": time_text(self.created_at),
             "updated_at": time_text(self.updated_at)}
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FIRST_PAGE = (datetime(1, 1, 1, tzinfo=UTC), "00000000-0000-0000-0000-000000000000")
+
+
+def parse_page_key(text: str, param: str = "after") -> tuple[datetime, str]:
+    """(created_at, id) of a `page_key`; raises Refusal naming `param`."""
+    micros, _, id_ = text.partition("_")
+    try:
+        if not micros.isascii() or not micros.lstrip("-").isdigit() or len(micros) > 20:
+            raise ValueError
+        return _EPOCH + timedelta(microseconds=int(micros)), str(uuid.UUID(id_))
+    except (ValueError, OverflowError):
+        raise Refusal(param, "not a position in this listing: pass the next_after of the "
+                      "previous page") from None
 
 
 @dataclass(frozen=True)
@@ -251,92 +320,3 @@ def retry_delay(schedule: Sequence[float], failures: int, rng: random.Random) ->
     ±20 % jitter so that webhooks that failed together do not retry together."""
     base = schedule[min(max(failures, 1), len(schedule)) - 1]
     return base * rng.uniform(0.8, 1.2)
-
-
-# -- the SSRF guard ---------------------------------------------------------------------
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def refusal(address: Address) -> str | None:
-    """Why a webhook may not connect to `address` ("loopback", ...), or None."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        elif address in _NAT64:
-            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    for reason in ("loopback", "link_local", "multicast", "private", "unspecified",
-                   "reserved"):
-        if getattr(address, "is_" + reason):
-            return reason.replace("_", "-")
-    return None if address.is_global else "not public"
-
-
-class AddressGuard:
-    """Refuses targets on this host or its networks, unless `allow_private`."""
-
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
-
-    def check_host(self, host: str) -> None:
-        """Raise OSError for an address literal that is refused (a name passes:
-        the resolver checks it)."""
-        if self.allow_private:
-            return
-        try:
-            address = ipaddress.ip_address(host.strip("[]").split("%")[0])
-        except ValueError:
-            return
-        reason = refusal(address)
-        if reason is not None:
-            raise OSError(f"{address} is a {reason} address: refused (webhooks_allow_private)")
-
-    async def check_url(self, url: str, param: str = "url") -> None:
-        """At creation: refuse a URL whose host is, or resolves to, a refused
-        address (every address it resolves to is checked)."""
-        if self.allow_private:
-            return
-        parsed = URL(url)
-        assert parsed.host is not None
-        try:
-            self.check_host(parsed.host)
-            async with asyncio.timeout(RESOLVE_TIMEOUT):
-                found = await asyncio.get_running_loop().getaddrinfo(
-                    parsed.host, parsed.port, type=socket.SOCK_STREAM)
-        except TimeoutError:
-            raise Refusal(param, f"{parsed.host} did not resolve within "
-                          f"{RESOLVE_TIMEOUT:g} s") from None
-        except OSError as error:
-            raise Refusal(param, str(error) if "refused" in str(error) else
-                          f"{parsed.host} does not resolve: {error}") from None
-        for *_, sockaddr in found:
-            reason = refusal(ipaddress.ip_address(str(sockaddr[0]).split("%")[0]))
-            if reason is not None:
-                raise Refusal(param, f"{parsed.host} resolves to {sockaddr[0]}, a {reason} "
-                              "address: refused unless the server runs with "
-                              "--webhooks-allow-private")
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, refusing names that resolve to a refused address:
-    the check at connect time, on the address the connection will use."""
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self.guard = guard
-        self._resolver = DefaultResolver()
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        found = await self._resolver.resolve(host, port, family)
-        if not self.guard.allow_private:
-            for item in found:
-                reason = refusal(ipaddress.ip_address(item["host"].split("%")[0]))
-                if reason is not None:
-                    raise OSError(f"{host} resolves to {item['host']}, a {reason} address: "
-                                  "refused (webhooks_allow_private)")
-        return found
-
-    async def close(self) -> None:
-        await self._resolver.close()
-

@@ -392,7 +392,9 @@ async def test_ssrf_guard_at_creation_and_at_connect_time(
     for url, reason in [(f"http://127.0.0.1:{port}/w", "loopback"),
                         (f"http://localhost:{port}/w", "loopback"), ("http://[::1]/", "loopback"),
                         ("http://10.0.0.7/", "private"), ("http://169.254.169.254/", "link-local"),
-                        ("http://224.0.0.1/", "multicast"), ("http://0.0.0.0/", "private")]:
+                        ("http://224.0.0.1/", "multicast"), ("http://0.0.0.0/", "private"),
+                        (f"http://2130706433:{port}/w", "loopback"), ("http://0x7f.1/", "loopback"),
+                        ("http://[::ffff:a00:1]/", "private"), ("http://1.2.3.256/", "valid")]:
         problem = assert_problem(await request(server, "POST", "/webhooks",
                                                json={"url": url, "streams": [stream]}), 400, "url")
         assert reason in problem["detail"], problem
@@ -401,8 +403,8 @@ async def test_ssrf_guard_at_creation_and_at_connect_time(
     assert created["url"] == "https://93.184.215.14/hook"
 
     # Created by a backend (no check at creation), refused at connect time,
-    # by address and by name; nothing reaches the receiver.
-    for path, host in [("a", "127.0.0.1"), ("b", "localhost")]:
+    # by address (in any form) and by name; nothing reaches the receiver.
+    for path, host in [("a", "127.0.0.1"), ("b", "localhost"), ("d", "2130706433")]:
         await db.execute("SELECT sse_stream.create_webhook($1, $2)",
                          f"http://{host}:{port}/{path}", [stream])
     await publish(db, stream, "t", {})
@@ -410,7 +412,7 @@ async def test_ssrf_guard_at_creation_and_at_connect_time(
     async def refused() -> bool:
         errors = await db.fetch("SELECT last_error FROM sse_stream.webhooks "
                                 "WHERE url LIKE $1", f"%:{port}/%")
-        return len(errors) == 2 and all(e[0] and "loopback" in e[0] for e in errors)
+        return len(errors) == 3 and all(e[0] and "loopback" in e[0] for e in errors)
 
     await _until(refused)
     assert receiver.requests == []
@@ -422,7 +424,31 @@ async def test_ssrf_guard_at_creation_and_at_connect_time(
     server2 = await app(webhooks_allow_private=True)
     assert len(await receiver.wait_events("a", 1)) == 1
     assert len(await receiver.wait_events("b", 1)) == 1
+    assert len(await receiver.wait_events("d", 1)) == 1
     await _create(server2, url=f"http://127.0.0.1:{port}/c", streams=[stream])
+
+
+async def test_ports_at_creation_and_at_connect_time(
+        app: App, receiver: Receiver, db: asyncpg.Connection, stream: str) -> None:
+    server = await app(webhooks_ports="443,8443")
+    port = receiver.url("w").split(":")[2].split("/")[0]
+    for url in [f"http://127.0.0.1:{port}/w", "http://93.184.215.14/", "https://e.com:444/"]:
+        problem = assert_problem(await request(server, "POST", "/webhooks",
+                                               json={"url": url, "streams": [stream]}), 400, "url")
+        assert "webhooks_ports" in problem["detail"], problem
+    await _create(server, url="https://93.184.215.14:8443/hook", streams=[stream + "x"])
+
+    # Created by a backend: refused at connect time, the address allowed.
+    await db.execute("SELECT sse_stream.create_webhook($1, $2)", receiver.url("p"), [stream])
+    await publish(db, stream, "t", {})
+
+    async def refused() -> bool:
+        error = await db.fetchval("SELECT last_error FROM sse_stream.webhooks WHERE url = $1",
+                                  receiver.url("p"))
+        return error is not None and f"port {port} is not allowed" in error
+
+    await _until(refused)
+    assert receiver.requests == []
 
 
 async def test_access_needs_the_webhooks_claim(app: App, receiver: Receiver) -> None:
@@ -434,8 +460,8 @@ async def test_access_needs_the_webhooks_claim(app: App, receiver: Receiver) -> 
     plain = token(["orders.*"], ["orders.1"])
     assert_problem(await request(server, "POST", "/webhooks", json=body, headers=bearer(plain)),
                    403, "Authorization")
-    orders = token(sse_stream={"webhooks": ["orders.*"]})
-    news = token(sse_stream={"webhooks": ["news"]})
+    orders = token(sse_stream={"subscribe": ["orders.*"], "webhooks": ["orders.*"]}, sub="u")
+    news = token(sse_stream={"subscribe": ["news"], "webhooks": ["news"]}, sub="u")
     assert_problem(await request(server, "POST", "/webhooks", headers=bearer(orders),
                                  json={**body, "streams": ["orders.>"]}), 403, "streams")
     assert_problem(await request(server, "POST", "/webhooks", json=body,
@@ -444,7 +470,7 @@ async def test_access_needs_the_webhooks_claim(app: App, receiver: Receiver) -> 
                                        headers=bearer(orders))
     assert status == 201
     status, _, listed = await request(server, "GET", "/webhooks", headers=bearer(news))
-    assert status == 200 and listed == {"webhooks": []}
+    assert status == 200 and listed["webhooks"] == []
     for method in ("GET", "DELETE"):
         assert_problem(await request(server, method, f"/webhooks/{created['id']}",
                                      headers=bearer(news)), 404, "id")
@@ -542,6 +568,9 @@ async def test_cli_manages_webhooks(receiver: Receiver, fresh_dsn: str, stream: 
     assert code == 0 and created["secret"].startswith("whsec_") and created["cursor"] == "0"
     code, _ = await asyncio.to_thread(run, "add", receiver.url("w"), stream)
     assert code == 2 and "loopback" in errors[-1]
+    code, _ = await asyncio.to_thread(run, "add", receiver.url("w"), stream,
+                                      "--webhooks-allow-private", "--webhooks-ports", "443")
+    assert code == 2 and "webhooks_ports" in errors[-1]
     id_ = created["id"]
     code, listed = await asyncio.to_thread(run, "list")
     assert [w["id"] for w in listed["webhooks"]] == [id_]
