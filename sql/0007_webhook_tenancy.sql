@@ -11,17 +11,17 @@
 -- trusted backend (create_webhook in SQL), the command line or protected
 -- mode, which act as admin.
 --
--- paused_at: when a webhook was paused, so that retention stops waiting for
--- a paused (or failing, failing_since) webhook after --webhooks-max-hold.
+-- progressed_at: when a delivery (or a skip past events it does not match)
+-- last moved the cursor forward. A webhook that is paused or failing holds
+-- retention back only until --webhooks-max-hold after that: pausing,
+-- resuming and rewinding move no cursor forward, so they cannot renew it.
 
 ALTER TABLE sse_stream.webhooks
     ADD COLUMN created_by_issuer text,
     ADD COLUMN grant_where jsonb,
-    ADD COLUMN paused_at timestamptz,
+    ADD COLUMN progressed_at timestamptz NOT NULL DEFAULT now(),
     ADD CONSTRAINT webhooks_grant_where_valid
         CHECK (grant_where IS NULL OR jsonb_typeof(grant_where) = 'array');
-
-UPDATE sse_stream.webhooks SET paused_at = updated_at WHERE state = 'paused';
 
 -- GET /webhooks pages an owner's webhooks (or everyone's) oldest first.
 CREATE INDEX webhooks_owner ON sse_stream.webhooks (created_by, created_by_issuer, created_at, id);
@@ -81,24 +81,4 @@ BEGIN
     RETURNING * INTO created;
     RETURN created;
 END;
-$$;
-
--- Pausing records when, for the bound on retention's wait.
-CREATE OR REPLACE FUNCTION sse_stream.pause_webhook(id uuid) RETURNS sse_stream.webhooks
-LANGUAGE sql AS $$
-    UPDATE sse_stream.webhooks w
-    SET state = 'paused', paused_at = CASE WHEN w.state = 'paused' THEN w.paused_at
-                                           ELSE now() END,
-        updated_at = now()
-    WHERE w.id = pause_webhook.id
-    RETURNING *;
-$$;
-
-CREATE OR REPLACE FUNCTION sse_stream.resume_webhook(id uuid) RETURNS sse_stream.webhooks
-LANGUAGE sql AS $$
-    UPDATE sse_stream.webhooks w
-    SET state = 'active', failures = 0, failing_since = NULL, next_attempt_at = now(),
-        paused_at = NULL, updated_at = now()
-    WHERE w.id = resume_webhook.id
-    RETURNING *;
 $$;

@@ -142,15 +142,15 @@ SELECT pruned_xid::text::bigint, pruned_id FROM sse_stream.retention;
 -- below the horizon, where every transaction has ended.
 -- Unless $3 (force), nothing past the cursor of a webhook that is not
 -- disabled is deleted: it has yet to deliver what follows (docs/webhooks.md);
--- but a paused webhook holds for $4 seconds after it was paused at most,
--- and a failing one for $4 seconds after it began to fail.
+-- but one that is paused or failing holds only for $4 seconds after its
+-- cursor last moved forward (progressed_at, which no pause, resume or
+-- rewind renews).
 WITH hold AS (
     SELECT w.cursor_xid AS xid, w.cursor_id AS id
     FROM sse_stream.webhooks w
     WHERE NOT $3::boolean AND w.state <> 'disabled'
-      AND coalesce(CASE WHEN w.state = 'paused' THEN coalesce(w.paused_at, w.updated_at)
-                        ELSE w.failing_since END,
-                   'infinity') > now() - make_interval(secs => $4::float8)
+      AND ((w.state = 'active' AND w.failing_since IS NULL)
+           OR w.progressed_at > now() - make_interval(secs => $4::float8))
     ORDER BY w.cursor_xid, w.cursor_id
     LIMIT 1
 ), head AS (

@@ -171,6 +171,7 @@ WITH held AS (
                               ELSE w.pending_events END,
         lease_until = now() + make_interval(secs => $17),
         delivered = w.delivered + CASE WHEN held.moves THEN $14 ELSE 0 END,
+        progressed_at = CASE WHEN held.moves THEN now() ELSE w.progressed_at END,
         failures = CASE WHEN $8 THEN 0 ELSE w.failures + 1 END,
         failing_since = CASE WHEN $8 THEN NULL ELSE held.since END,
         next_attempt_at = now() + make_interval(
@@ -196,7 +197,7 @@ SELECT done.state, done.moves FROM done;
 -- Move the cursor past events the webhook does not match ($6, $7), with no
 -- request: by the lease holder, from where the read started ($4, $5).
 UPDATE sse_stream.webhooks
-SET cursor_xid = $6::text::xid8, cursor_id = $7, pending_events = NULL
+SET cursor_xid = $6::text::xid8, cursor_id = $7, pending_events = NULL, progressed_at = now()
 WHERE id = $1::uuid AND lease_owner = $2 AND lease_epoch = $3
   AND cursor_xid = $4::text::xid8 AND cursor_id = $5
 RETURNING true;

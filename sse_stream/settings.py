@@ -189,7 +189,8 @@ class Settings:
                                              "none)", Words(port_number), default_text="any port")
     webhooks_per_owner: int = _field(100, "webhooks one token subject (sub and iss) may own "
                                      "(0: no limit)", Whole(0))
-    webhooks_max_hold: float = _field(604800.0, "how long a paused or failing webhook holds "
+    webhooks_max_hold: float = _field(604800.0, "how long after its cursor last moved a paused "
+                                      "or failing webhook holds "
                                       "retention back; past it, retention prunes as if it "
                                       "were not there (it gets sse.gap)", SECONDS)
     prune_past_webhooks: bool = _field(False, "retention prunes by age even past the cursor of "

@@ -84,7 +84,7 @@ async def _run(args: argparse.Namespace, dsn: str, guard: AddressGuard) -> int:
                                       "type": args.type, "where": args.where,
                                       "start": args.start})
             await guard.check_url(spec.url)
-            created = await webhooks.create(spec, new_secret(), "cli")
+            created = await webhooks.create(spec, new_secret())  # no owner: admin only
             return _print({**created.view(), "secret": created.secret})
         if args.action == "list":
             listed: list[Webhook] = []

@@ -95,8 +95,8 @@ class WebhookStore:
                                                   created_by_issuer)
                 if owned >= cap:
                     raise Refusal("Authorization", f"the token's subject owns {owned} "
-                                  "webhooks, the most allowed (webhooks_per_owner): delete "
-                                  "one first", status=409)
+                                  f"webhook(s), the most allowed (webhooks_per_owner = {cap}): "
+                                  "delete one first", status=409)
             row = await connection.fetchrow(query("webhook_create"), *args)
         return Webhook.from_json(row[0])
 

@@ -140,7 +140,7 @@ class Webhook:
     updated_at: datetime
     created_by_issuer: str | None = None
     grant_where: GrantWhere | None = None  # None: unbound (made by SQL, the CLI or an admin)
-    paused_at: datetime | None = None
+    progressed_at: datetime | None = None  # when the cursor last moved forward
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Webhook:
@@ -156,7 +156,7 @@ class Webhook:
             row["last_error"], row["lease_owner"], row["lease_epoch"], row["created_by"],
             datetime.fromisoformat(row["created_at"]), datetime.fromisoformat(row["updated_at"]),
             row.get("created_by_issuer"), _grant_where(row.get("grant_where")),
-            _time(row.get("paused_at")))
+            _time(row.get("progressed_at")))
 
     def selector(self) -> Selector:
         return selector_of(self.streams, self.types, self.filters, self.grant_where)
@@ -188,7 +188,8 @@ class Webhook:
             else None,
             "grant_where": grant_where_json(self.grant_where),
             "created_by": self.created_by, "created_by_issuer": self.created_by_issuer,
-            "paused_at": time_text(self.paused_at), "created_at": time_text(self.created_at),
+            "progressed_at": time_text(self.progressed_at),
+            "created_at": time_text(self.created_at),
             "updated_at": time_text(self.updated_at)}
 
 

@@ -27,7 +27,7 @@ SHIPPED = {
     "0004_isolation.sql": "4b0c2318f9ee93f6704408455f7a2323c0db77bc7cae97176fcc4085a3e06d93",
     "0005_webhooks.sql": "d9777e30548c2cd19bce740ade106a58b7b83d45c8b4cb2a9aeca223481fab42",
     "0006_publishing.sql": "ab49781a27b3ee2c867bbae85312b031f9c2123e063cf0103d79d043e22358a6",
-    "0007_webhook_tenancy.sql": "2b23ade3e12064117806d8ceb72e27c4c94052669cc80bda581aea7a4ea0f102",
+    "0007_webhook_tenancy.sql": "65e35b31aa91bdbccadf7ca1b4e3a5c035821e5aee035a7728eab2f4047e9c54",
 }
 
 RESTATED = 6  # 0006_publishing.sql re-states every publishing function

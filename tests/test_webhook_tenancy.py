@@ -13,7 +13,16 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
-from support import SECRET, app_servers, assert_problem, bearer, old_events, publish, request
+from support import (
+    SECRET,
+    app_servers,
+    assert_problem,
+    bearer,
+    eventually,
+    old_events,
+    publish,
+    request,
+)
 from support import token as make_token
 from webhook_receiver import Receiver
 
@@ -255,19 +264,26 @@ async def test_a_stalled_webhook_holds_retention_for_a_bounded_time(
                             receiver.url("w"), [stream], old[0])
     if held == "paused":
         await db.execute("SELECT sse_stream.pause_webhook($1)", id_)
-        since = "paused_at"
     else:
         await db.execute("UPDATE sse_stream.webhooks SET failures = 3, "
                          "failing_since = now() WHERE id = $1", id_)
-        since = "failing_since"
     store = EventStore(fresh_dsn)
     await store.open()
     try:
         month, day = timedelta(days=30), 86400.0
         assert (await prune(store, month, max_hold=day)).deleted == 1  # held at its cursor
-        # A day later (moved back rather than waited for) the hold has lifted.
-        await db.execute(f"UPDATE sse_stream.webhooks SET {since} = now() - interval '25 hours'"
-                         " WHERE id = $1", id_)
+        # A day after its cursor last moved (moved back rather than waited
+        # for), the hold has lifted. Pausing, resuming and rewinding in
+        # between move no cursor forward: they do not renew it.
+        await db.execute("UPDATE sse_stream.webhooks SET progressed_at = now() - "
+                         "interval '25 hours' WHERE id = $1", id_)
+        await db.execute("SELECT sse_stream.rewind_webhook($1, $2)", id_, old[0])
+        if held == "paused":
+            await db.execute("SELECT sse_stream.resume_webhook($1)", id_)
+            await db.execute("SELECT sse_stream.pause_webhook($1)", id_)
+        else:
+            await db.execute("UPDATE sse_stream.webhooks SET failing_since = now() "
+                             "WHERE id = $1", id_)
         assert (await prune(store, month, max_hold=2 * day)).deleted == 0
         result = await prune(store, month, max_hold=day)
         assert result.deleted == 4 and result.pruned is not None
@@ -285,3 +301,27 @@ async def test_a_stalled_webhook_holds_retention_for_a_bounded_time(
     assert events[0] == {"position": old[-1], "type": "sse.gap",
                          "data": {"requested_after": old[0], "resumed_after": old[-1]}}
     assert [e["id"] for e in events[1:]] == [young]
+    # The delivery moved the cursor forward: progress is recorded (by the
+    # deliverer, just after the receiver answered: wait for it, bounded).
+
+    async def progressed() -> bool:
+        return bool(await db.fetchval("SELECT progressed_at > now() - interval '1 minute' "
+                                      "FROM sse_stream.webhooks WHERE id = $1", id_))
+
+    await eventually(progressed, timeout=10)
+
+
+async def test_a_healthy_webhook_holds_retention_however_old_its_progress(
+        db: asyncpg.Connection, fresh_dsn: str, stream: str) -> None:
+    old = await old_events(db, stream, 3)
+    id_ = await db.fetchval("SELECT id FROM sse_stream.create_webhook('https://example.com/w', "
+                            "$1, start => $2)", [stream], old[0])
+    await db.execute("UPDATE sse_stream.webhooks SET progressed_at = now() - interval '30 days'"
+                     " WHERE id = $1", id_)
+    store = EventStore(fresh_dsn)
+    await store.open()
+    try:
+        # Active and not failing: it is delivering, so its cursor holds.
+        assert (await prune(store, timedelta(days=1), max_hold=86400.0)).deleted == 1
+    finally:
+        await store.close()
