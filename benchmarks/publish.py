@@ -54,7 +54,7 @@ import orjson  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
 from sse_stream.client import SseParser  # noqa: E402
-from sse_stream.migrate import migrate_dsn  # noqa: E402
+from sse_stream.db.migrate import migrate_dsn  # noqa: E402
 
 PROBE_STREAM = "bench-probe"
 PROBE_PERIOD = 0.02
@@ -312,7 +312,7 @@ async def main_async(args: argparse.Namespace) -> None:
     dsn = args.dsn
     try:
         if dsn is None:
-            from sse_stream.embedded import EmbeddedPostgres
+            from sse_stream.db.embedded import EmbeddedPostgres
 
             embedded = EmbeddedPostgres(workdir / "pgdata", fast=not args.durable)
             dsn = embedded.start()

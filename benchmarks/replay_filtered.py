@@ -26,15 +26,15 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sse_stream.app import create_app
-from sse_stream.capacity import StoreLimits
-from sse_stream.embedded import EmbeddedPostgres
-from sse_stream.filter_syntax import parse_data_filters
-from sse_stream.migrate import migrate_dsn
-from sse_stream.patterns import parse_pattern_list, parse_type_filter
-from sse_stream.queries import query
-from sse_stream.settings import Settings
-from sse_stream.subscription import Selector
+from sse_stream.core.filter_syntax import parse_data_filters
+from sse_stream.core.patterns import parse_pattern_list, parse_type_filter
+from sse_stream.core.selector import Selector
+from sse_stream.core.settings import Settings
+from sse_stream.db.capacity import StoreLimits
+from sse_stream.db.embedded import EmbeddedPostgres
+from sse_stream.db.migrate import migrate_dsn
+from sse_stream.db.queries import query
+from sse_stream.web.app import create_app
 
 TARGET = "orders.target"
 # (label, streams, query parameters)

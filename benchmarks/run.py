@@ -152,7 +152,7 @@ class ServerSide:
     async def migrate(self, dsn: str) -> None:
         """Apply this side's sql/ migrations: in this process for this checkout, else its CLI."""
         if self.is_this_checkout:
-            from sse_stream.migrate import migrate_dsn
+            from sse_stream.db.migrate import migrate_dsn
 
             await migrate_dsn(dsn)
             return
@@ -183,7 +183,7 @@ async def database(args: argparse.Namespace) -> AsyncIterator[Setup]:
         if args.dsn:
             dsn = args.dsn
         else:
-            from sse_stream.embedded import EmbeddedPostgres
+            from sse_stream.db.embedded import EmbeddedPostgres
 
             embedded = EmbeddedPostgres(folder / "pgdata", fast=True)
             dsn = embedded.start()

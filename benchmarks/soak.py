@@ -52,9 +52,9 @@ sys.path.append(str(ROOT / "tests"))  # server_process, shared with the tests
 
 from server_process import ServerProcess  # noqa: E402
 
-from sse_stream.embedded import EmbeddedPostgres  # noqa: E402
-from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME  # noqa: E402
-from sse_stream.migrate import migrate_dsn  # noqa: E402
+from sse_stream.db.embedded import EmbeddedPostgres  # noqa: E402
+from sse_stream.db.listener import APPLICATION_NAME as LISTENER_NAME  # noqa: E402
+from sse_stream.db.migrate import migrate_dsn  # noqa: E402
 
 Predicate = Callable[[str, str, Any], bool]  # (stream, type, data) -> matches
 TAGS = ("red", "green", "blue")

@@ -99,7 +99,7 @@ async def webhooks(args: argparse.Namespace) -> dict[str, Any]:
     from loadgen import connect_many, percentile
     from run import database, load_average, ms, publish_elsewhere, report, server
 
-    from sse_stream.embedded import free_port
+    from sse_stream.db.embedded import free_port
 
     prefix = "wh" + uuid.uuid4().hex[:8]
     count = args.webhooks

@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 from support import Serve, ServerProcess, StartServer, app_servers, cluster, database
 
-from sse_stream.embedded import EmbeddedPostgres
-from sse_stream.migrate import migrate_dsn
-from sse_stream.settings import Settings
+from sse_stream.core.settings import Settings
+from sse_stream.db.embedded import EmbeddedPostgres
+from sse_stream.db.migrate import migrate_dsn
 
 
 @pytest.fixture(scope="session")

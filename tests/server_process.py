@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from sse_stream.embedded import free_port
+from sse_stream.db.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

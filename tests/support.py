@@ -41,11 +41,11 @@ from multidict import CIMultiDict
 from raw import RawStream
 from sse import Stream
 
-from sse_stream.app import create_app
 from sse_stream.client import Message
-from sse_stream.embedded import EmbeddedPostgres
-from sse_stream.events import parse_position
-from sse_stream.settings import Settings
+from sse_stream.core.events import parse_position
+from sse_stream.core.settings import Settings
+from sse_stream.db.embedded import EmbeddedPostgres
+from sse_stream.web.app import create_app
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""The SSRF guard (sse_stream/addresses.py): how a host is read, which
+"""The SSRF guard (sse_stream/webhooks/addresses.py): how a host is read, which
 addresses are refused, and that a refused target is never connected to,
 whatever the installed aiohttp makes of the odd forms.
 
@@ -18,11 +18,11 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from webhook_receiver import Receiver
 
-from sse_stream.addresses import AddressGuard, parse_host, refusal
-from sse_stream.errors import Refusal
-from sse_stream.sender import GuardedResolver, Sender
-from sse_stream.settings import Settings
-from sse_stream.webhook_store import Outcome
+from sse_stream.core.errors import Refusal
+from sse_stream.core.settings import Settings
+from sse_stream.webhooks.addresses import AddressGuard, parse_host, refusal
+from sse_stream.webhooks.sender import GuardedResolver, Sender
+from sse_stream.webhooks.store import Outcome
 
 # Written forms of 127.0.0.1 that ipaddress does not read but the C library
 # (and the WHATWG URL standard) do.

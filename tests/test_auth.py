@@ -36,7 +36,7 @@ from support import (
     token,
 )
 
-from sse_stream import cli
+from sse_stream.cli import main as cli
 
 
 @pytest.fixture
@@ -256,8 +256,8 @@ async def test_audience_and_issuer_when_configured(start_server: StartServer,
 
 
 def test_short_secrets_are_refused_at_start(dsn: str, tmp_path: Path) -> None:
-    from sse_stream.app import create_app
-    from sse_stream.settings import Settings
+    from sse_stream.core.settings import Settings
+    from sse_stream.web.app import create_app
 
     for short in ("short", "x" * 31, "\u00e9" * 15):  # the last is 30 bytes of UTF-8
         with pytest.raises(ValueError, match="fewer than 32"):
@@ -312,8 +312,8 @@ async def test_rs256_and_es256_and_no_switching(start_server: StartServer, keys:
 
 
 def test_configuration_pins_one_algorithm(dsn: str, keys: dict[str, Any]) -> None:
-    from sse_stream.app import create_app
-    from sse_stream.settings import Settings
+    from sse_stream.core.settings import Settings
+    from sse_stream.web.app import create_app
 
     for bad in ({"jwt_secret": SECRET, "jwt_public_key": keys["rsa_path"]},
                 {"jwt_secret": SECRET, "jwt_algorithm": "RS256"},
@@ -654,8 +654,8 @@ async def test_token_command_mints_a_working_token(start_server: StartServer,
 
 
 def test_serve_says_which_mode_it_runs_in(dsn: str) -> None:
-    from sse_stream.access import AccessPolicy
-    from sse_stream.settings import Settings
+    from sse_stream.access.policy import AccessPolicy
+    from sse_stream.core.settings import Settings
 
     assert AccessPolicy.from_settings(Settings(dsn=dsn)).describe().startswith("PROTECTED MODE")
     described = AccessPolicy.from_settings(Settings(dsn=dsn, jwt_secret=SECRET,

@@ -21,7 +21,7 @@ from sse_stream.client import (
     SubscribeError,
     subscribe,
 )
-from sse_stream.handlers import HUB
+from sse_stream.web.handlers import HUB
 
 # (name, chunks fed one by one, expected messages (event, data, last_event_id),
 #  expected last_event_id after all chunks)

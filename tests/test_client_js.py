@@ -35,12 +35,12 @@ from support import (
     token,
 )
 
-from sse_stream.app import create_app
-from sse_stream.embedded import free_port
-from sse_stream.handlers import HUB
-from sse_stream.retention import prune
-from sse_stream.settings import Settings
-from sse_stream.store import EventStore
+from sse_stream.core.settings import Settings
+from sse_stream.db.embedded import free_port
+from sse_stream.db.retention import prune
+from sse_stream.db.store import EventStore
+from sse_stream.web.app import create_app
+from sse_stream.web.handlers import HUB
 
 HARNESS = """<!doctype html><meta charset="utf-8"><title>client.js harness</title>
 <script type="module">

@@ -11,8 +11,8 @@ import orjson
 from sse import envelope, open_stream
 from support import StartServer, publish
 
-from sse_stream.events import Event
-from sse_stream.response import event_frame
+from sse_stream.core.events import Event
+from sse_stream.core.wire import event_frame
 
 _ATTRIBUTE = re.compile(r"[a-z0-9]{1,20}")
 

@@ -16,8 +16,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_stream.auth import allows
-from sse_stream.patterns import StreamPattern, parse_pattern
+from sse_stream.access.auth import allows
+from sse_stream.core.patterns import StreamPattern, parse_pattern
 
 NAMES = [".".join(parts) for n in range(1, 5) for parts in itertools.product("ab", repeat=n)]
 

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 from support import cluster
 
-from sse_stream.embedded import PASSWORD_FILE, EmbeddedPostgres
+from sse_stream.db.embedded import PASSWORD_FILE, EmbeddedPostgres
 
 
 @pytest.fixture(autouse=True)

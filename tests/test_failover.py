@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestServer
 from sse import envelope, open_stream
 from support import StartServer, publish, replicated
 
-from sse_stream.app import create_app
-from sse_stream.embedded import EmbeddedPostgres
-from sse_stream.settings import Settings
+from sse_stream.core.settings import Settings
+from sse_stream.db.embedded import EmbeddedPostgres
+from sse_stream.web.app import create_app
 
 
 async def test_failover_to_a_promoted_standby(start_server: StartServer, db: asyncpg.Connection,

@@ -19,10 +19,10 @@ from raw import RawStream
 from sse import envelope, open_stream
 from support import Serve, StartServer, eventually, publish, stalled, table_ids
 
-from sse_stream.embedded import EmbeddedPostgres, free_port
-from sse_stream.handlers import HUB, LISTENER
-from sse_stream.listener import APPLICATION_NAME as LISTENER_NAME
-from sse_stream.store import APPLICATION_NAME as POOL_NAME
+from sse_stream.db.embedded import EmbeddedPostgres, free_port
+from sse_stream.db.listener import APPLICATION_NAME as LISTENER_NAME
+from sse_stream.db.store import APPLICATION_NAME as POOL_NAME
+from sse_stream.web.handlers import HUB, LISTENER
 
 
 async def terminate_backends(dsn: str, application_name: str) -> int:

@@ -14,8 +14,8 @@ from sse import envelope, open_stream
 from support import StartServer, position_of, publish
 
 from sse_stream.client import SseParser
-from sse_stream.events import parse_position
-from sse_stream.handlers import HUB
+from sse_stream.core.events import parse_position
+from sse_stream.web.handlers import HUB
 
 
 async def test_many_filtered_subscribers_each_get_their_events(

@@ -34,8 +34,8 @@ from support import (
     runner,
 )
 
-from sse_stream.filter_syntax import parse_data_filters
-from sse_stream.patterns import parse_type_filter
+from sse_stream.core.filter_syntax import parse_data_filters
+from sse_stream.core.patterns import parse_type_filter
 
 EVENTS_PER_EXAMPLE = 20
 FILTERS_PER_EXAMPLE = 20

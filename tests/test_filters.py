@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import EDGE_NUMBERS, Leaves, Pairs, documents, dump, filter_pairs, leaves
 
-from sse_stream.errors import Refusal
-from sse_stream.events import Event
-from sse_stream.filter_syntax import parse_data_filters
-from sse_stream.filters import MAX_FILTERS, MAX_IN_VALUES, AnyOf, Condition, DataFilter
-from sse_stream.patterns import parse_pattern_list, parse_type_filter
-from sse_stream.routing import Group, Routes
-from sse_stream.subscription import Selector
+from sse_stream.core.errors import Refusal
+from sse_stream.core.events import Event
+from sse_stream.core.filter_syntax import parse_data_filters
+from sse_stream.core.filters import MAX_FILTERS, MAX_IN_VALUES, AnyOf, Condition, DataFilter
+from sse_stream.core.patterns import parse_pattern_list, parse_type_filter
+from sse_stream.core.selector import Selector
+from sse_stream.engine.routing import Group, Routes
 
 
 def parse(*pairs: tuple[str, str]) -> DataFilter:
@@ -360,7 +360,7 @@ def test_float_rounding_edges_agree(sql_results: SqlResults) -> None:
     assert math.isfinite(orjson.loads(str(2**1024 - 2**970 - 1)))
 
 
-# --- the live match index (sse_stream/routing.py) ------------------------------------
+# --- the live match index (sse_stream/engine/routing.py) ------------------------------------
 
 TYPES = ["t", "u", "t.x"]
 

@@ -42,10 +42,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import b64url, signed
 
-from sse_stream.app import create_app
 from sse_stream.client import SseParser
-from sse_stream.patterns import is_stream_name
-from sse_stream.settings import Settings
+from sse_stream.core.patterns import is_stream_name
+from sse_stream.core.settings import Settings
+from sse_stream.web.app import create_app
 
 STATISTICS: Counter[str] = Counter()
 EXAMPLES = int(os.environ.get("SSE_STREAM_FUZZ_EXAMPLES", "150"))

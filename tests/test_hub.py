@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from sse_stream.events import ORIGIN, Event, Position
-from sse_stream.hub import Hub
-from sse_stream.patterns import parse_pattern
-from sse_stream.queries import SelectorSql
-from sse_stream.response import Payload, event_frame
-from sse_stream.settings import Settings
-from sse_stream.store import Frames, Page
-from sse_stream.subscription import Selector, Subscription
+from sse_stream.core.events import ORIGIN, Event, Position
+from sse_stream.core.patterns import parse_pattern
+from sse_stream.core.selector import Selector, SelectorSql
+from sse_stream.core.settings import Settings
+from sse_stream.core.wire import Payload, event_frame
+from sse_stream.db.store import Frames, Page
+from sse_stream.engine.hub import Hub
+from sse_stream.engine.subscription import Subscription
 
 SELECTOR = Selector((parse_pattern("s"),))
 

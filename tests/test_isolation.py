@@ -28,16 +28,16 @@ from hypothesis import strategies as st
 from sse import envelope, open_stream
 from support import SECRET, Serve, StartServer, bearer, eventually, publish, table_ids, token
 
-from sse_stream.app import create_app
 from sse_stream.client import Message
-from sse_stream.embedded import EmbeddedPostgres
-from sse_stream.events import decode_data
-from sse_stream.handlers import STORE
-from sse_stream.migrate import migrate_dsn
-from sse_stream.patterns import SubjectTree, parse_pattern
-from sse_stream.retention import prune
-from sse_stream.settings import Settings
-from sse_stream.store import EventStore, _row_events
+from sse_stream.core.events import decode_data
+from sse_stream.core.patterns import SubjectTree, parse_pattern
+from sse_stream.core.settings import Settings
+from sse_stream.db.embedded import EmbeddedPostgres
+from sse_stream.db.migrate import migrate_dsn
+from sse_stream.db.retention import prune
+from sse_stream.db.store import EventStore, _row_events
+from sse_stream.web.app import create_app
+from sse_stream.web.handlers import STORE
 
 DEEP = 5000  # levels: deeper than orjson (1024) or Python's recursion limit take
 POISON = {

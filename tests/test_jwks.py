@@ -31,10 +31,10 @@ from support import (
     request,
 )
 
-from sse_stream import cli
-from sse_stream.app import create_app
-from sse_stream.jwks import KeySet
-from sse_stream.settings import Settings
+from sse_stream.access.jwks import KeySet
+from sse_stream.cli import main as cli
+from sse_stream.core.settings import Settings
+from sse_stream.web.app import create_app
 
 
 @dataclass

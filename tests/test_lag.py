@@ -16,7 +16,7 @@ import asyncpg
 from raw import RawStream
 from support import StartServer
 
-from sse_stream.handlers import HUB
+from sse_stream.web.handlers import HUB
 
 EVENTS = 200_000
 REPLAYERS = 3

@@ -14,7 +14,7 @@ import pytest
 from sse import open_stream
 from support import SECRET, StartServer, assert_problem, count, request, token
 
-from sse_stream.store import EventStore
+from sse_stream.db.store import EventStore
 
 ORIGIN = "https://app.example"
 
@@ -242,7 +242,7 @@ async def test_unexpected_errors_are_a_logged_500_without_detail(
     # A fault injected into the store, the real database untouched.
     monkeypatch.setattr(EventStore, "publish", broken)
     server = await start_server()
-    with caplog.at_level(logging.ERROR, logger="sse_stream.handlers"):
+    with caplog.at_level(logging.ERROR, logger="sse_stream.web.handlers"):
         code, headers, body = await request(server, "POST", f"/streams/{stream}/events",
                                             json={"type": "t", "data": 1})
     assert code == 500 and headers["Content-Type"] == "application/problem+json"

@@ -29,8 +29,8 @@ from support import (
     publish,
 )
 
-from sse_stream.embedded import free_port
-from sse_stream.handlers import HUB
+from sse_stream.db.embedded import free_port
+from sse_stream.web.handlers import HUB
 
 pytestmark = needs_chromium
 

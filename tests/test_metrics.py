@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sse import open_stream
 from support import StartServer, publish
 
-from sse_stream.metrics import MAX_PATTERN_LABELS, OTHER, Buckets
+from sse_stream.core.stats import MAX_PATTERN_LABELS, OTHER, Buckets
 
 
 async def _scrape_text(url: str) -> str:
@@ -126,11 +126,11 @@ async def test_replayed_events_are_counted(start_server: StartServer, db: asyncp
 async def test_one_log_line_at_open_and_close(start_server: StartServer, db: asyncpg.Connection,
                                               stream: str, caplog: pytest.LogCaptureFixture) -> None:
     server = await start_server()
-    caplog.set_level(logging.INFO, logger="sse_stream.handlers")
+    caplog.set_level(logging.INFO, logger="sse_stream.web.handlers")
     await publish(db, stream, "t", {"n": 1})
     async with open_stream(str(server.make_url(f"/streams/{stream}?last_event_id=0&live=false"))) as sse:
         await sse.rest()
-    lines = [r.getMessage() for r in caplog.records if r.name == "sse_stream.handlers"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "sse_stream.web.handlers"]
     opened = [line for line in lines if line.startswith("stream opened")]
     closed = [line for line in lines if line.startswith("stream closed")]
     assert len(opened) == 1 and f"streams={stream}" in opened[0] and "start=0-0" in opened[0]

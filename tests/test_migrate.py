@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 from support import database
 
-import sse_stream.migrate
-from sse_stream.migrate import migrate_dsn
-from sse_stream.queries import migrations, sql_dir
+import sse_stream.db.migrate
+from sse_stream.db.migrate import migrate_dsn
+from sse_stream.db.queries import migrations, sql_dir
 
 # The SHA-256 of every migration that has shipped (line ends as LF). A shipped
 # migration is never edited (sql/README.md): add a line when one ships.
@@ -99,7 +99,7 @@ async def catalog(dsn: str) -> tuple[Catalog, list[tuple[int, str]]]:
 
 def use_migrations(monkeypatch: pytest.MonkeyPatch, found: list[tuple[int, str, str]]) -> None:
     """Make the runner see these migrations instead of the files of sql/."""
-    monkeypatch.setattr(sse_stream.migrate, "migrations", lambda: found)
+    monkeypatch.setattr(sse_stream.db.migrate, "migrations", lambda: found)
 
 
 def test_shipped_migrations_are_frozen() -> None:

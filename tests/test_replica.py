@@ -10,8 +10,8 @@ import asyncpg
 from sse import envelope, open_stream
 from support import StartServer, count, publish, replicated
 
-from sse_stream.embedded import EmbeddedPostgres
-from sse_stream.handlers import STORE
+from sse_stream.db.embedded import EmbeddedPostgres
+from sse_stream.web.handlers import STORE
 
 
 @asynccontextmanager

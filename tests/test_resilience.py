@@ -9,8 +9,8 @@ import asyncpg
 from sse import envelope, open_stream
 from support import StartServer, eventually, publish
 
-from sse_stream.embedded import EmbeddedPostgres
-from sse_stream.handlers import HUB, LISTENER
+from sse_stream.db.embedded import EmbeddedPostgres
+from sse_stream.web.handlers import HUB, LISTENER
 
 
 async def test_listener_killed_loses_nothing(start_server: StartServer, db: asyncpg.Connection,

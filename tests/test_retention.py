@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestServer
 from sse import envelope, open_stream
 from support import ROOT, old_events, position_of, publish, table_ids
 
-from sse_stream.app import create_app
-from sse_stream.settings import Settings, parse_duration
+from sse_stream.core.settings import Settings, parse_duration
+from sse_stream.web.app import create_app
 
 STREAM = "orders"
 

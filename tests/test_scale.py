@@ -21,7 +21,7 @@ import asyncpg
 from sse import Stream, envelope, open_stream
 from support import Serve, StartServer, joined
 
-from sse_stream.embedded import free_port
+from sse_stream.db.embedded import free_port
 
 PUBLISH_RANGE = """
 INSERT INTO sse_stream.events (stream, type, data)

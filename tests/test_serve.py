@@ -13,7 +13,7 @@ import asyncpg
 from sse import envelope, open_stream
 from support import ROOT, Serve, publish
 
-from sse_stream.embedded import free_port
+from sse_stream.db.embedded import free_port
 
 
 async def test_sigterm_ends_streams_cleanly_and_restart_resumes(serve: Serve,
@@ -51,8 +51,8 @@ def test_wheel_ships_the_sql_files(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     sql_files = {p.name for p in (ROOT / "sql").glob("*.sql")}
     assert sql_files and {f"sse_stream/sql/{name}" for name in sql_files} <= names
-    assert "sse_stream/static/index.html" in names
-    assert "sse_stream/static/asyncapi.json" in names
-    assert "sse_stream/static/client.js" in names
-    assert "sse_stream/static/client.d.ts" in names
+    assert "sse_stream/web/static/index.html" in names
+    assert "sse_stream/web/static/asyncapi.json" in names
+    assert "sse_stream/web/static/client.js" in names
+    assert "sse_stream/web/static/client.d.ts" in names
     assert "sse_stream/py.typed" in names

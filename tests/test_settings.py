@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from support import ROOT
 
-from sse_stream import cli
-from sse_stream.settings import (
+from sse_stream.cli import common
+from sse_stream.cli import main as cli
+from sse_stream.core.settings import (
     CommandOptions,
     Settings,
     SettingsError,
@@ -71,22 +72,22 @@ def test_a_duration_flag_over_its_variable_over_its_default() -> None:
 
 def test_a_switch_overrides_its_variable_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSE_STREAM_CORS_CREDENTIALS", "true")
-    assert cli.settings_from(parsed("serve")).cors_credentials is True
-    assert cli.settings_from(parsed("serve", "--no-cors-credentials")).cors_credentials is False
+    assert common.settings_from(parsed("serve")).cors_credentials is True
+    assert common.settings_from(parsed("serve", "--no-cors-credentials")).cors_credentials is False
     monkeypatch.setenv("SSE_STREAM_CORS_CREDENTIALS", "0")
-    assert cli.settings_from(parsed("serve")).cors_credentials is False
-    assert cli.settings_from(parsed("serve", "--cors-credentials")).cors_credentials is True
+    assert common.settings_from(parsed("serve")).cors_credentials is False
+    assert common.settings_from(parsed("serve", "--cors-credentials")).cors_credentials is True
     # A switch that is on by default, and its variable under its older name.
-    assert cli.settings_from(parsed("serve")).migrate is True
-    assert cli.settings_from(parsed("serve", "--no-migrate")).migrate is False
+    assert common.settings_from(parsed("serve")).migrate is True
+    assert common.settings_from(parsed("serve", "--no-migrate")).migrate is False
     monkeypatch.setenv("SSE_STREAM_NO_MIGRATE", "1")
-    assert cli.settings_from(parsed("serve")).migrate is False
-    assert cli.settings_from(parsed("serve", "--migrate")).migrate is True
+    assert common.settings_from(parsed("serve")).migrate is False
+    assert common.settings_from(parsed("serve", "--migrate")).migrate is True
     monkeypatch.setenv("SSE_STREAM_MIGRATE", "on")  # the new name wins over the old one
-    assert cli.settings_from(parsed("serve")).migrate is True
+    assert common.settings_from(parsed("serve")).migrate is True
     for name in ("uvloop", "webhooks"):
-        assert getattr(cli.settings_from(parsed("serve")), name) is True
-        assert getattr(cli.settings_from(parsed("serve", f"--no-{name}")), name) is False
+        assert getattr(common.settings_from(parsed("serve")), name) is True
+        assert getattr(common.settings_from(parsed("serve", f"--no-{name}")), name) is False
 
 
 def test_a_list_flag_over_its_variable() -> None:
@@ -107,19 +108,19 @@ def test_the_dsn_from_database_url() -> None:
 
 def test_command_options_follow_the_same_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     tail = ("tail", "http://127.0.0.1:1/streams/orders")
-    assert cli.options_from(parsed(*tail)).start is None
+    assert common.options_from(parsed(*tail)).start is None
     monkeypatch.setenv("SSE_STREAM_FROM", "0")
     monkeypatch.setenv("SSE_STREAM_TOKEN", "t1")
     monkeypatch.setenv("SSE_STREAM_STATE", "/tmp/state")
-    options = cli.options_from(parsed(*tail))
+    options = common.options_from(parsed(*tail))
     assert (options.start, options.token, options.state) == ("0", "t1", "/tmp/state")
-    options = cli.options_from(parsed(*tail, "--from", "12-34", "--token", "t2"))
+    options = common.options_from(parsed(*tail, "--from", "12-34", "--token", "t2"))
     assert (options.start, options.token) == ("12-34", "t2")
     publish = ("publish", "orders", "order.created")
-    assert cli.options_from(parsed(*publish)).batch_size == 500
+    assert common.options_from(parsed(*publish)).batch_size == 500
     monkeypatch.setenv("SSE_STREAM_BATCH_SIZE", "7")
-    assert cli.options_from(parsed(*publish)).batch_size == 7
-    assert cli.options_from(parsed(*publish, "--batch-size", "3")).batch_size == 3
+    assert common.options_from(parsed(*publish)).batch_size == 7
+    assert common.options_from(parsed(*publish, "--batch-size", "3")).batch_size == 3
     assert CommandOptions.load({}, ttl="90m").ttl == 5400
 
 

@@ -18,7 +18,7 @@ from raw import RawStream
 from sse import envelope, open_stream
 from support import StartServer, eventually, stalled, table_ids
 
-from sse_stream.handlers import HUB
+from sse_stream.web.handlers import HUB
 
 MAX_PENDING = 64 * 1024  # the transport's own high-water mark: drain() waits below it
 PAGE_SIZE = 100

@@ -13,9 +13,9 @@ import asyncpg
 import orjson
 from support import ROOT, Serve, publish
 
+from sse_stream.cli.tail import format_line, parse_target, read_state, write_state
 from sse_stream.client import ControlEvent, StreamEvent
-from sse_stream.embedded import free_port
-from sse_stream.tail import format_line, parse_target, read_state, write_state
+from sse_stream.db.embedded import free_port
 
 
 def _key(position: str) -> tuple[int, ...]:

@@ -43,14 +43,14 @@ from support import (
     token,
 )
 
-from sse_stream import cli
-from sse_stream.auth import grant_from_claims
-from sse_stream.events import parse_position
-from sse_stream.filter_syntax import parse_data_filters
-from sse_stream.handlers import HUB
-from sse_stream.patterns import parse_pattern_list, parse_type_filter
-from sse_stream.routing import Group
-from sse_stream.subscription import Selector
+from sse_stream.access.auth import grant_from_claims
+from sse_stream.cli import main as cli
+from sse_stream.core.events import parse_position
+from sse_stream.core.filter_syntax import parse_data_filters
+from sse_stream.core.patterns import parse_pattern_list, parse_type_filter
+from sse_stream.core.selector import Selector
+from sse_stream.engine.routing import Group
+from sse_stream.web.handlers import HUB
 
 
 async def seed(db: asyncpg.Connection, stream: str) -> dict[int, tuple[str, Any]]:
@@ -191,7 +191,7 @@ def test_patterns_of_one_request_keep_their_own_grants() -> None:
     assert sorted(filed, key=str) == sorted([
         ("orders.eu", ("customer_id",), True, False), ("orders.us", ("customer_id",), True, False),
         ("orders.eu", ("customer_id",), False, True), ("news", None, False, False)], key=str)
-    from sse_stream.events import Event
+    from sse_stream.core.events import Event
 
     def event(stream: str, data: str) -> Event:
         return Event(1, parse_position("5-1"), stream, "t", data.encode(),

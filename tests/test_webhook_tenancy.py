@@ -26,9 +26,9 @@ from support import (
 from support import token as make_token
 from webhook_receiver import Receiver
 
-from sse_stream.retention import prune
-from sse_stream.settings import Settings
-from sse_stream.store import EventStore
+from sse_stream.core.settings import Settings
+from sse_stream.db.retention import prune
+from sse_stream.db.store import EventStore
 
 FAST: dict[str, Any] = {"webhooks_allow_private": True, "webhooks_retry": "0.05s,0.1s,0.2s",
                         "webhooks_timeout": 1.0, "webhooks_lease": 3.0, "jwt_secret": SECRET}

@@ -36,12 +36,12 @@ from support import (
 )
 from webhook_receiver import Receiver, Request, exact_retries, verify
 
-from sse_stream.cli import main
-from sse_stream.errors import Refusal
-from sse_stream.retention import prune
-from sse_stream.settings import Settings
-from sse_stream.store import EventStore
-from sse_stream.webhooks import (
+from sse_stream.cli.main import main
+from sse_stream.core.errors import Refusal
+from sse_stream.core.settings import Settings
+from sse_stream.db.retention import prune
+from sse_stream.db.store import EventStore
+from sse_stream.webhooks.model import (
     WebhookSpec,
     check_url,
     message_id,
@@ -168,8 +168,8 @@ def test_live_buffer_of_a_target() -> None:
     """The seam, scripted: a target joins the live flow only from a read that
     reached the hub's watermark, skips what that read delivered, and its
     batches move the cursor no further than what was offered."""
-    from sse_stream.events import Event, Position
-    from sse_stream.target import Target
+    from sse_stream.core.events import Event, Position
+    from sse_stream.webhooks.target import Target
 
     webhook = WebhookSpec.parse({"url": "https://example.com/", "streams": ["s"]})
     row = {"id": "w", "url": webhook.url, "streams": ["s"], "types": None, "filters": [],
@@ -179,7 +179,7 @@ def test_live_buffer_of_a_target() -> None:
            "last_attempt_at": None, "last_status": None, "last_latency_ms": None,
            "last_error": None, "lease_owner": None, "lease_epoch": 1, "created_by": None,
            "created_at": "2026-01-01T00:00:00+00:00", "updated_at": "2026-01-01T00:00:00+00:00"}
-    from sse_stream.webhooks import Webhook
+    from sse_stream.webhooks.model import Webhook
     hook = Webhook.from_json(orjson.dumps(row))
     target = Target(hook, hook.selector(), 0.0)
 

@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestServer
 from support import Serve
 from webhook_receiver import Receiver, Request, exact_retries, verify
 
-from sse_stream.app import create_app
-from sse_stream.settings import Settings
+from sse_stream.core.settings import Settings
+from sse_stream.web.app import create_app
 
 FAST: dict[str, Any] = {"webhooks_allow_private": True, "webhooks_retry": "0.05s,0.1s,0.2s",
                         "webhooks_timeout": 1.0, "webhooks_lease": 3.0}

@@ -1,0 +1,394 @@
+"""aiohttp handlers: parse and check the request, then hand over to the hub.
+
+Every refusal is an Refusal (or an HTTP error) turned into one
+application/problem+json response by `problem_middleware`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from ..access.auth import Grant, Unauthorized, allows, find_token
+from ..access.policy import AccessPolicy, Address, OpenStreams, client_group
+from ..core.batch import parse_body, validate_idempotency_key
+from ..core.errors import DatabaseUnavailable, Overloaded, Refusal
+from ..core.events import ORIGIN, Position, parse_position
+from ..core.filter_syntax import parse_data_filters
+from ..core.patterns import (
+    StreamPattern,
+    parse_pattern,
+    parse_pattern_list,
+    parse_type_filter,
+    validate_stream_name,
+)
+from ..core.selector import Selector
+from ..core.settings import Settings
+from ..core.wire import gap_json, id_frame, retry_frame
+from ..db.listener import Listener
+from ..db.store import EventStore
+from ..engine.hub import Hub
+from ..engine.subscription import Subscription
+from .response import SseResponse
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", EventStore)
+HUB = web.AppKey("hub", Hub)
+LISTENER = web.AppKey("listener", Listener)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+ACCESS = web.AppKey("access", AccessPolicy)
+
+
+OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)
+
+MAX_BODY = 1 << 20
+PAGE_DEFAULT, PAGE_MAX = 100, 1000
+_SUBSCRIBE_PARAMS = {"type", "last_event_id", "live", "or", "format", "access_token"}
+_PAGE_PARAMS = {"type", "after", "limit", "or", "format", "access_token"}
+FORMATS = ("envelope", "cloudevents")
+
+
+def problem(status: int, detail: str, param: str | None = None,
+            headers: dict[str, str] | None = None,
+            extensions: dict[str, Any] | None = None) -> web.Response:
+    """An RFC 9457 problem document (with extension members, if any)."""
+    body: dict[str, Any] = {**(extensions or {}), "type": "about:blank",
+                            "title": _title(status), "status": status, "detail": detail}
+    if param is not None:
+        body["param"] = param
+    return web.Response(status=status, body=orjson.dumps(body), headers=headers,
+                        content_type="application/problem+json")
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+@web.middleware
+async def problem_middleware(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                             ) -> web.StreamResponse:
+    try:
+        limit = request.app[SETTINGS].max_query
+        if len(request.query_string) > limit:
+            raise Refusal("query", f"the query string is longer than {limit} bytes",
+                          status=414)
+        return await handler(request)
+    except Refusal as error:
+        return problem(error.status, error.detail, error.param, headers=error.headers)
+    except DatabaseUnavailable:
+        return problem(503, "the database is unavailable; retry shortly",
+                       headers={"Retry-After": "2"})
+    except Overloaded as error:
+        return problem(503, error.detail, headers={"Retry-After": str(error.retry_after)})
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        detail = error.text if error.text and not error.text.startswith(str(error.status)) else \
+            f"{request.method} {request.path}: {error.reason}"
+        return problem(error.status, detail, headers={k: v for k, v in error.headers.items()
+                                                       if k in ("Allow", "Retry-After")})
+    except Exception:
+        # The detail stays in the log; the client learns only that it failed.
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return problem(500, "an unexpected error occurred; it has been logged")
+
+
+def client_address(request: web.Request) -> Address | None:
+    """The client's address (forwarding headers believed only from trusted proxies)."""
+    return request.app[ACCESS].client_address(request.remote,
+                                              request.headers.getall("X-Forwarded-For", []),
+                                              request.headers.getall("Forwarded", []))
+
+
+def _check_loopback(request: web.Request) -> None:
+    """Protected mode: with no token key configured, only loopback clients, asking
+    for a loopback name."""
+    request.app[ACCESS].check_loopback(request.remote, request.headers.get("Host"),
+                                       request.headers.getall("X-Forwarded-For", []),
+                                       request.headers.getall("Forwarded", []))
+
+
+async def authorize(request: web.Request, action: Literal["subscribe", "publish"],
+                    patterns: tuple[StreamPattern, ...], param: str) -> Grant | None:
+    """Check that the request may `action` every one of `patterns`.
+
+    Returns the token's grant (its expiry ends a stream), or None when no
+    token was needed: anonymous patterns, or protected mode on loopback.
+    """
+    policy = request.app[ACCESS]
+    anonymous = policy.anonymous if action == "subscribe" else ()
+    if policy.verifier is None:
+        if not (anonymous and allows(anonymous, patterns)):
+            _check_loopback(request)
+        return None
+    found = find_token(request.headers, request.query, request.cookies, policy.cookie)
+    if found is None:
+        if anonymous and allows(anonymous, patterns):
+            return None
+        raise Unauthorized("Authorization", f"a token is needed to {action}: send "
+                           "'Authorization: Bearer <token>', access_token, or the "
+                           f"{policy.cookie} cookie")
+    token, where = found
+    if action == "publish" and where == policy.cookie:
+        # A browser sends cookies with a cross-site form or fetch: a cookie
+        # alone must never be enough to write events.
+        raise Unauthorized(where, "a token from the cookie does not authorize publishing: "
+                           "send it as 'Authorization: Bearer <token>'")
+    grant = await policy.verifier.verify(token, where)
+    granted = tuple(s.pattern for s in grant.subscribe) if action == "subscribe" \
+        else grant.publish
+    if not allows((*granted, *anonymous), patterns):
+        refused = next(p.text for p in patterns if not allows((*granted, *anonymous), [p]))
+        raise Refusal(param, f"the token does not allow to {action} {refused!r}",
+                      status=403)
+    return grant
+
+
+def _check_params(request: web.Request, allowed: set[str]) -> None:
+    for key in request.query:
+        if key not in allowed and not key.startswith("data."):
+            raise Refusal(key, "unknown query parameter")
+
+
+def parse_selector(request: web.Request) -> Selector:
+    patterns = parse_pattern_list(request.match_info["streams"], "streams")
+    types = parse_type_filter(request.query.getall("type", []))
+    data = parse_data_filters(list(request.query.items()))
+    return Selector(patterns, types, data)
+
+
+async def authorized_selector(request: web.Request) -> tuple[Selector, Grant | None]:
+    """The request's selector, bound to the data filters its token grants with
+    (`where`), and the token's grant (None: no token was needed).
+
+    Each pattern gets the filters of the grants that cover it (Grant.cover),
+    ANDed with the request's own in the selector, so live matching, replay,
+    `live=false` and pages all apply them, and no request parameter can
+    widen them.
+    """
+    selector = parse_selector(request)
+    grant = await authorize(request, "subscribe", selector.patterns, "streams")
+    if grant is not None:
+        coverage = grant.cover(selector.patterns, request.app[ACCESS].anonymous, "streams")
+        selector = selector.scoped([[scope.where for scope in scopes] for scopes in coverage])
+    return selector, grant
+
+
+def _start_position(request: web.Request) -> Position | None:
+    header = request.headers.get("Last-Event-ID")
+    if header is not None and header.strip():
+        return parse_position(header, "Last-Event-ID")
+    value = request.query.get("last_event_id")
+    if value is None:
+        return None
+    return parse_position(value, "last_event_id")
+
+
+def _cloudevents(request: web.Request) -> bool:
+    value = request.query.get("format", "envelope")
+    if value not in FORMATS:
+        raise Refusal("format", "must be envelope or cloudevents")
+    return value == "cloudevents"
+
+
+async def subscribe(request: web.Request) -> web.StreamResponse:
+    """GET /streams/{streams}: the SSE stream."""
+    _check_params(request, _SUBSCRIBE_PARAMS)
+    selector, grant = await authorized_selector(request)
+    start = _start_position(request)
+    cloudevents = _cloudevents(request)
+    live = request.query.get("live", "true")
+    if live not in ("true", "false"):
+        raise Refusal("live", "must be true or false")
+    settings = request.app[SETTINGS]
+    hub = request.app[HUB]
+    if hub.closing:
+        return problem(503, "the server is shutting down", headers={"Retry-After": "1"})
+
+    address = client_address(request)
+    client = str(address) if address is not None else (request.remote or "")
+    group = client_group(address) if address is not None else client
+    open_streams = request.app[OPEN_STREAMS]
+    open_streams.open(group, settings)
+    try:
+        preamble = retry_frame(settings.retry)
+        if start is None:
+            # New events only: those committed before this request stay out,
+            # and the position is fixed before the headers go out, so a
+            # client that publishes once the stream is open gets its event.
+            # The bare id line lets a client that reconnects before its
+            # first event resume from here instead of starting afresh.
+            here = await hub.fresh_position()
+            preamble += id_frame(here)
+        response = SseResponse()
+        await response.prepare(request)
+        await response.start(preamble)
+        subscription = Subscription(selector, response, here if start is None else start,
+                                    client, cloudevents=cloudevents,
+                                    expires_at=grant.expires_at if grant else None)
+        # One line at open and one at close, key=value (logfmt) for log pipelines.
+        log.info("stream opened peer=%s streams=%s start=%s live=%s", subscription.peer,
+                 subscription.streams, start.encode() if start is not None else "live", live)
+        try:
+            await hub.serve(subscription, live=live == "true", replay=start is not None)
+        except (ConnectionError, DatabaseUnavailable):
+            pass
+        except Exception:
+            # Headers are sent: no problem document can follow. The stream
+            # ends; the client reconnects with its Last-Event-ID.
+            log.exception("stream failed peer=%s streams=%s", client, subscription.streams)
+        finally:
+            log.info("stream closed peer=%s streams=%s events=%d bytes=%d seconds=%.3f",
+                     subscription.peer, subscription.streams, subscription.events_sent,
+                     subscription.bytes_sent, time.monotonic() - subscription.opened)
+        await response.finish()
+        return response
+    finally:
+        open_streams.close(group)
+
+
+async def read_page(request: web.Request) -> web.Response:
+    """GET /streams/{streams}/events: one JSON page of events."""
+    _check_params(request, _PAGE_PARAMS)
+    selector, _ = await authorized_selector(request)
+    after = parse_position(request.query.get("after", "0"), "after")
+    cloudevents = _cloudevents(request)
+    try:
+        limit = int(request.query.get("limit", PAGE_DEFAULT))
+    except ValueError:
+        raise Refusal("limit", "must be a whole number") from None
+    if not 1 <= limit <= PAGE_MAX:
+        raise Refusal("limit", f"must be between 1 and {PAGE_MAX}")
+    store = request.app[STORE]
+    selector_sql = selector.to_sql()
+    # A bounded wait for a read connection (else 503): a page is one short
+    # statement, and heavy readers never take the live path's capacity.
+    wait = request.app[SETTINGS].capacity_wait
+    page = await store.read_selected(after, limit, selector_sql, sse=False,
+                                     cloudevents=cloudevents, wait=wait,
+                                     replica=store.replica_dsn is not None)
+    if not page.full and store.replica_dsn is not None:
+        # The replica has nothing more: the primary may (a lagging replica),
+        # and only the primary knows whether `after` was ever handed out.
+        page = await store.read_selected(after, limit, selector_sql, sse=False,
+                                         cloudevents=cloudevents, wait=wait)
+    if page.future:
+        raise Refusal("after", "this position is beyond anything this database has "
+                      "handed out (a restored or replaced cluster?); start again from "
+                      f"0 or from {page.covered.encode()}, the current end", status=409)
+    has_more = page.full
+    next_after = page.covered
+    gap = b""
+    if page.pruned is not None and ORIGIN < after < page.pruned:
+        # The page form of sse.gap: events after `after` were pruned.
+        gap = b',"gap":%s' % gap_json(after, page.pruned)
+    body = b'{"events":[%s],"next_after":"%s","has_more":%s%s}' % (
+        page.body,
+        next_after.encode().encode(),
+        b"true" if has_more else b"false", gap)
+    return web.Response(body=body, content_type="application/json")
+
+
+async def publish(request: web.Request) -> web.Response:
+    """POST /streams/{stream}/events: one event or an array, one transaction.
+
+    With an Idempotency-Key header, a retry of the same request (same stream,
+    same events) returns the first request's ids, 201 again, with
+    `Idempotent-Replayed: true`, and writes nothing; the same key with other
+    events is a 422. Keys are scoped to the stream and the token's subject:
+    another subject's key is another key, which it can neither claim nor probe.
+    """
+    stream = validate_stream_name(request.match_info["stream"], "stream")
+    grant = await authorize(request, "publish", (parse_pattern(stream, "stream"),), "stream")
+    check_json(request)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        validate_idempotency_key(key)
+    body = await read_body(request)
+    batch = parse_body(stream, body, fingerprint=key is not None)
+    subject = (grant.subject if grant is not None else None) or ""
+    published = await request.app[STORE].publish(batch, key, subject)
+    headers = {}
+    if published.replayed:
+        if published.fingerprint != batch.fingerprint:
+            raise Refusal("Idempotency-Key", "this key was used for another request "
+                          "(other events); use a new key", status=422)
+        headers["Idempotent-Replayed"] = "true"
+    return web.Response(status=201, body=b'{"ids":%s}' % orjson.dumps(published.ids),
+                        content_type="application/json", headers=headers)
+
+
+def check_json(request: web.Request) -> None:
+    """A publish body must be declared JSON (parameters such as charset aside).
+
+    A cross-site form or `no-cors` fetch can only send text/plain, form or
+    multipart bodies: refusing them before reading a byte keeps any page a
+    user visits from writing events with that user's cookie or address.
+    """
+    value = request.headers.get("Content-Type", "")
+    if value.partition(";")[0].strip().lower() != "application/json":
+        raise Refusal("Content-Type", "the body must be sent as 'Content-Type: "
+                      "application/json'", status=415,
+                      headers={"Accept-Post": "application/json"})
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    """The whole body, refused with a 413 as soon as it passes `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise Refusal("body", f"at most {limit} bytes", status=413)
+    chunks: list[bytes] = []
+    size = 0
+    # StreamReader.read(n) returns what has arrived, not n bytes: loop to EOF.
+    while chunk := await request.content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise Refusal("body", f"at most {limit} bytes", status=413)
+    return b"".join(chunks)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format, collected from the hub's counters."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the database answered, the listener is connected and, with a JWKS,
+    its keys were fetched at least once. A JWKS that cannot be fetched any more
+    leaves the last keys in force: still ready, with `"jwks": {"stale": true,
+    "failing_since": ...}` saying so."""
+    hub, listener = request.app[HUB], request.app[LISTENER]
+    verifier = request.app[ACCESS].verifier
+    keys = verifier.keys if verifier is not None else None
+    extra = {"jwks": keys.status()} if keys is not None else {}
+    if hub.ready and listener.connected and (keys is None or keys.ready):
+        return web.json_response({"status": "ready", **extra})
+    reasons = []
+    if not hub.ready:
+        reasons.append("database unreachable")
+    if not listener.connected:
+        reasons.append("listener not connected")
+    if keys is not None and not keys.ready:
+        reasons.append("JWKS not fetched yet")
+    return problem(503, ", ".join(reasons), headers={"Retry-After": "2"}, extensions=extra)
