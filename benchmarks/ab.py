@@ -35,30 +35,24 @@ writes every run's RESULT, --markdown FILE the tables ready to paste.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import math
 import os
 import shlex
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from ab_compare import compare, markdown_table, table, text_table
+from ab_sides import ROOT, Side, check_side, prepare_ref, resolve, working_label
+
 RUN_PY = ROOT / "benchmarks" / "run.py"
-SERVER_PYTHON_ENV = "SSE_STREAM_BENCH_SERVER_PYTHON"  # read by run.py
-SERVER_SRC_ENV = "SSE_STREAM_BENCH_SERVER_SRC"
-EXTRAS = ("[bench,embedded,fast]", "[fast]", "")  # tried in order
 RESULT_PREFIX = "RESULT "
 
 # The scenarios whose ratios the performance issue asks for (run.py defaults otherwise).
@@ -83,137 +77,6 @@ SUITES: dict[str, list[str]] = {
         "churn --seconds 5",
     ],
 }
-
-# A scenario's settings (the last part of a field's name): no direction.
-SETTINGS = {"mode", "subscribers", "rate", "seconds", "events", "clients", "each", "streams",
-            "rows", "limit", "passes", "query", "level", "heartbeat_s", "interval_s",
-            "server_flags", "page_loops", "replays"}
-# Field-name fragments that tell which direction is better; checked in this order.
-NEUTRAL = ("load_average", "load_seconds", "loadgen_", "samples", "settle_s", "offered",
-           "published", "slack_s", "page_passes", "replays_ended", "empty_pages",
-           "events_checked", "page_bytes", "churn_windows", "rss_before")
-LOWER = ("latency", "_ms", "cpu", "rss", "lost", "duplicated", "misdelivered", "failures",
-         "closed_early", "seconds", "worst_silence", "timeouts", "errors", "refusals", "ratio")
-HIGHER = ("per_s", "pct", "complete", "kept", "on_time", "exact", "delivered")
-
-
-# -- sides ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Side:
-    """Where one side's server comes from."""
-
-    key: str      # "ref" or "work"
-    label: str    # for the tables: the ref's short sha, or "working tree"
-    python: str
-    src: Path
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, SERVER_PYTHON_ENV: self.python, SERVER_SRC_ENV: str(self.src)}
-
-
-def git(*args: str) -> str:
-    """A read-only git command in this checkout (never one that changes its state)."""
-    done = subprocess.run(["git", "--no-optional-locks", "-C", str(ROOT), *args],
-                          capture_output=True, text=True, timeout=60)
-    if done.returncode:
-        raise SystemExit(f"git {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout.strip()
-
-
-def resolve(ref: str) -> tuple[str, str]:
-    """(full sha, subject line) of a ref."""
-    sha = git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-    return sha, git("log", "-1", "--format=%s", sha)
-
-
-def working_label() -> str:
-    head = git("rev-parse", "--short", "HEAD")
-    changed = git("status", "--porcelain", "--untracked-files=no")
-    return f"working tree ({head}{' + changes' if changed else ''})"
-
-
-def frozen_versions(python: str) -> list[str]:
-    """`name==version` of every non-editable package of `python`'s environment."""
-    done = subprocess.run([python, "-m", "pip", "freeze", "--exclude-editable"],
-                          capture_output=True, text=True, timeout=120)
-    return [line for line in done.stdout.splitlines()
-            if "==" in line and not line.startswith(("-", "#")) and " @ " not in line]
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file, so two ab.py runs never build the same cache at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def check_side(python: str, src: Path) -> dict[str, Any]:
-    """Where `python` imports sse_stream, its sql/ and uvloop from, with `src` on PYTHONPATH."""
-    probe = ("import json, importlib.util, sse_stream, sse_stream.sql, sse_stream.cli\n"
-             "print(json.dumps({'package': sse_stream.__file__,\n"
-             "  'sql': list(sse_stream.sql.__path__)[0],\n"
-             "  'uvloop': importlib.util.find_spec('uvloop') is not None}))")
-    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120,
-                          cwd=src, env={**os.environ, "PYTHONPATH": str(src)})
-    if done.returncode:
-        raise SystemExit(f"{python} cannot import sse_stream from {src}:\n{done.stderr}")
-    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    for what in ("package", "sql"):
-        if not Path(found[what]).resolve().is_relative_to(src.resolve()):
-            raise SystemExit(f"{python} imports {what} from {found[what]}, not from {src}")
-    return found
-
-
-def prepare_ref(sha: str, cache: Path, rebuild: bool) -> tuple[Path, Path]:
-    """(python, source tree) of `sha`: unpacked and installed once, then reused."""
-    folder = cache / sha
-    src, venv, ready = folder / "src", folder / "venv", folder / "ready.json"
-    python = venv / "bin" / "python"
-    want = {"sha": sha, "python": sys.version}
-    with locked(cache / f"{sha}.lock"):
-        if ready.exists() and not rebuild:
-            try:
-                if json.loads(ready.read_text()) == want and python.exists():
-                    return python, src
-            except ValueError:
-                pass
-        print(f"ab: preparing {sha[:12]} in {folder}", file=sys.stderr)
-        shutil.rmtree(folder, ignore_errors=True)
-        src.mkdir(parents=True)
-        archive = subprocess.Popen(["git", "-C", str(ROOT), "archive", "--format=tar", sha],
-                                   stdout=subprocess.PIPE)
-        untar = subprocess.run(["tar", "-x", "-C", str(src)], stdin=archive.stdout, timeout=300)
-        assert archive.stdout is not None
-        archive.stdout.close()
-        if archive.wait(60) or untar.returncode:
-            raise SystemExit(f"git archive {sha} | tar -x failed")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-        constraints = folder / "constraints.txt"
-        constraints.write_text("\n".join(frozen_versions(sys.executable)) + "\n")
-        attempts = [(extras, use) for extras in EXTRAS for use in (True, False)]
-        for extras, use_constraints in attempts:
-            command = [str(python), "-m", "pip", "install", "--quiet", "-e", f"{src}{extras}"]
-            if use_constraints:
-                command[4:4] = ["-c", str(constraints)]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-            if done.returncode == 0:
-                how = "with" if use_constraints else "WITHOUT"
-                print(f"ab: installed {src}{extras} {how} this environment's versions",
-                      file=sys.stderr)
-                break
-            print(f"ab: pip install -e {src}{extras} failed:\n{done.stderr.strip()[-1500:]}",
-                  file=sys.stderr)
-        else:
-            raise SystemExit(f"could not install {sha} in {venv}")
-        ready.write_text(json.dumps(want))
-    return python, src
 
 
 # -- runs -------------------------------------------------------------------------
@@ -307,162 +170,6 @@ def run_once(index: int, text: str, side: Side, logs: Path, number: int,
     if result is None and status == "ok":
         status = "no RESULT"
     return Run(index, side.key, seconds, status, result, log, load)
-
-
-# -- comparing --------------------------------------------------------------------
-
-
-def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Nested dicts and lists as dotted names: latency_ms.p99, levels.1.live_ms.p50."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from flatten(item, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(value, list):
-        for position, item in enumerate(value):
-            yield from flatten(item, f"{prefix}.{position}" if prefix else str(position))
-    else:
-        yield prefix, value
-
-
-def direction(name: str) -> int:
-    """-1 when lower is better, +1 when higher is, 0 when the name does not tell."""
-    lowered = name.lower()
-    if lowered.rsplit(".", 1)[-1] in SETTINGS:
-        return 0
-    for fragments, sign in ((NEUTRAL, 0), (LOWER, -1), (HIGHER, 1)):
-        if any(fragment in lowered for fragment in fragments):
-            return sign
-    return 0
-
-
-def numeric(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return None if math.isnan(value) else float(value)
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if math.isinf(value):
-        return "inf"
-    if value == int(value) and abs(value) < 1e15:
-        return f"{int(value):,}"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}".rstrip("0").rstrip(".")
-
-
-@dataclass
-class Row:
-    name: str
-    ref: list[float]
-    work: list[float]
-    ratio: float | None
-    verdict: str
-    sign: int
-
-
-@dataclass
-class Comparison:
-    rows: list[Row] = field(default_factory=list)
-    constant: list[str] = field(default_factory=list)   # "name=value" equal everywhere
-    differing: list[str] = field(default_factory=list)  # non-numeric values that differ
-
-
-def compare(ref: list[dict[str, Any]], work: list[dict[str, Any]], noise: float) -> Comparison:
-    names: list[str] = []
-    values: dict[str, dict[str, list[Any]]] = {}
-    for key, results in (("ref", ref), ("work", work)):
-        for result in results:
-            for name, value in flatten(result):
-                if name == "scenario":
-                    continue
-                if name not in values:
-                    names.append(name)
-                    values[name] = {"ref": [], "work": []}
-                values[name][key].append(value)
-    comparison = Comparison()
-    for name in names:
-        both = values[name]["ref"] + values[name]["work"]
-        sign = direction(name)
-        # The settings, and zero losses or 100 %, equal in every run: listed once, not as rows.
-        if (len(both) == len(ref) + len(work) and all(value == both[0] for value in both)
-                and (not sign or both[0] in (0, 100) or not isinstance(both[0], (int, float)))):
-            comparison.constant.append(f"{name}={both[0]}")
-            continue
-        ref_numbers = [n for n in map(numeric, values[name]["ref"]) if n is not None]
-        work_numbers = [n for n in map(numeric, values[name]["work"]) if n is not None]
-        if not ref_numbers and not work_numbers:
-            comparison.differing.append(
-                f"{name}: {values[name]['ref']} -> {values[name]['work']}")
-            continue
-        ratio = None
-        if ref_numbers and work_numbers:
-            old, new = statistics.median(ref_numbers), statistics.median(work_numbers)
-            if old:
-                ratio = new / old
-            elif not new:
-                ratio = 1.0
-            else:
-                ratio = math.inf
-        verdict = ""
-        if ratio is not None and sign:
-            if abs(ratio - 1) <= noise:
-                verdict = "same"
-            else:
-                verdict = "better" if (ratio > 1) == (sign > 0) else "worse"
-        comparison.rows.append(Row(name, ref_numbers, work_numbers, ratio, verdict, sign))
-    return comparison
-
-
-def summary(numbers: list[float]) -> str:
-    if not numbers:
-        return "n/a"
-    middle = fmt(statistics.median(numbers))
-    if len(numbers) > 1:
-        return f"{middle} ({fmt(min(numbers))}–{fmt(max(numbers))})"
-    return middle
-
-
-def ratio_text(ratio: float | None) -> str:
-    if ratio is None:
-        return "n/a"
-    if math.isinf(ratio):
-        return "inf"
-    return f"{ratio:.2g}" if 0 < ratio < 0.1 else f"{ratio:.2f}"
-
-
-def table(comparison: Comparison, ref_label: str, work_label: str) -> list[list[str]]:
-    rows = [["field", ref_label, work_label, "work/ref", "better is", ""]]
-    for row in comparison.rows:
-        rows.append([row.name, summary(row.ref), summary(row.work),
-                     ratio_text(row.ratio),
-                     {-1: "lower", 1: "higher", 0: ""}[row.sign], row.verdict])
-    return rows
-
-
-def text_table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for number, row in enumerate(rows):
-        cells = [cell.ljust(width) if i == 0 or i >= 4 else cell.rjust(width)
-                 for i, (cell, width) in enumerate(zip(row, widths))]
-        lines.append("  " + "  ".join(cells).rstrip())
-        if number == 0:
-            lines.append("  " + "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |",
-             "|---|" + "---:|" * 3 + "---|---|"]
-    for row in rows[1:]:
-        cells = list(row)
-        if cells[5] in ("better", "worse"):
-            cells[5] = f"**{cells[5]}**"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 # -- command line -------------------------------------------------------------------

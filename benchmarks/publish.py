@@ -53,7 +53,7 @@ import asyncpg  # noqa: E402
 import orjson  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
-from sse_stream.client import SseParser  # noqa: E402
+from sse_stream.client.stream import SseParser  # noqa: E402
 from sse_stream.db.migrate import migrate_dsn  # noqa: E402
 
 PROBE_STREAM = "bench-probe"

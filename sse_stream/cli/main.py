@@ -11,9 +11,15 @@ from ..core.settings import SettingsError
 from . import publish, serve, tail, token, webhooks
 from .common import fail
 
+DESCRIPTION = """Filtered, resumable Server-Sent Events streams from a PostgreSQL event table.
+
+Every option is a flag, else SSE_STREAM_<FLAG>, else its default. A value
+that cannot be used ends the command with one line, `sse-stream <command>:
+<message>`, and exit 2, before any database starts."""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sse-stream", description=__doc__,
+    parser = argparse.ArgumentParser(prog="sse-stream", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     for group in (serve, tail, token, publish, webhooks):

@@ -1,5 +1,7 @@
-"""The `webhooks` scenario of benchmarks/run.py: W webhooks to a local
-receiver at R events/s, and what they cost live SSE in the same run.
+"""webhooks: W webhooks to a local receiver at R events/s, and what they
+cost live SSE in the same run.
+
+    python benchmarks/run.py webhooks                 # 100 webhooks, 1,000 events/s, 30 s
 
 One server, S live SSE subscribers (one per stream in turn, every one
 measuring) for the whole run, and R events/s spread over W streams
@@ -29,6 +31,8 @@ from typing import Any
 
 import asyncpg
 import orjson
+from common import AddParser, database, load_average, ms, publish_elsewhere, report, server
+from loadgen import connect_many, percentile
 
 SEGMENTS = ("without", "with", "with", "without")
 
@@ -96,9 +100,6 @@ async def _ask(channel: Connection, message: str) -> Any:
 
 
 async def webhooks(args: argparse.Namespace) -> dict[str, Any]:
-    from loadgen import connect_many, percentile
-    from run import database, load_average, ms, publish_elsewhere, report, server
-
     from sse_stream.db.embedded import free_port
 
     prefix = "wh" + uuid.uuid4().hex[:8]
@@ -146,7 +147,7 @@ async def webhooks(args: argparse.Namespace) -> dict[str, Any]:
         receiver.join(10)
         if receiver.is_alive():
             receiver.kill()
-    return _report(args, segments, got, percentile, ms, report, load_average())
+    return _report(args, segments, got, load_average())
 
 
 async def _switch(db: asyncpg.Connection, kind: str, n: int, count: int, port: int,
@@ -167,7 +168,7 @@ async def _switch(db: asyncpg.Connection, kind: str, n: int, count: int, port: i
 
 
 def _report(args: argparse.Namespace, segments: list[dict[str, Any]], got: dict[str, Any],
-            percentile: Any, ms: Any, report: Any, load: float) -> dict[str, Any]:
+            load: float) -> dict[str, Any]:
     def of(kind: str, key: str) -> Any:
         values = [s[key] for s in segments if s["kind"] == kind]
         return [v for value in values for v in value] if key == "sse" else sum(values)
@@ -213,9 +214,9 @@ def _report(args: argparse.Namespace, segments: list[dict[str, Any]], got: dict[
     return result
 
 
-def add_parser(common: Any) -> None:
-    sub = common("webhooks", "W webhooks to a local receiver at R events/s; live SSE "
-                             "latency without and with them")
+def add_parser(add: AddParser) -> None:
+    sub = add("webhooks", "W webhooks to a local receiver at R events/s; live SSE "
+                          "latency without and with them", __doc__)
     sub.add_argument("--webhooks", "-w", type=int, default=100, help="webhooks (= streams)")
     sub.add_argument("--rate", "-r", type=float, default=1000, help="events/s")
     sub.add_argument("--seconds", "-t", type=float, default=30,
@@ -223,3 +224,4 @@ def add_parser(common: Any) -> None:
     sub.add_argument("--subscribers", "-s", type=int, default=100,
                      help="live SSE subscribers, one per stream in turn, all measuring")
     sub.add_argument("--server-flags", default="", help="extra `sse-stream serve` flags")
+    sub.set_defaults(run=webhooks)
