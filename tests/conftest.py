@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from support import Serve, ServerProcess, StartServer, app_servers, cluster, database
+from webhook_receiver import Receiver
 
 from sse_stream.core.settings import Settings
 from sse_stream.db.embedded import EmbeddedPostgres
@@ -99,3 +100,11 @@ async def fresh_dsn(dsn: str) -> AsyncIterator[str]:
     async with database(dsn) as value:
         await migrate_dsn(value)
         yield value
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A local webhook receiver (tests/webhook_receiver.py) on 127.0.0.1."""
+    found = await Receiver().start()
+    yield found
+    await found.close()

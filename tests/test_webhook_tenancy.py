@@ -36,13 +36,6 @@ App = Callable[..., Awaitable[TestServer]]
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = await Receiver().start()
-    yield found
-    await found.close()
-
-
-@pytest.fixture
 async def app(fresh_dsn: str) -> AsyncIterator[App]:
     async with app_servers() as start:
         yield lambda **overrides: start(Settings(dsn=fresh_dsn, **{**FAST, **overrides}))

@@ -59,13 +59,6 @@ App = Callable[..., Awaitable[TestServer]]
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = await Receiver().start()
-    yield found
-    await found.close()
-
-
-@pytest.fixture
 async def app(fresh_dsn: str) -> AsyncIterator[App]:
     """Start the app on the test's own database, with FAST and `overrides`."""
     async with app_servers() as start:

@@ -261,18 +261,24 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         open_streams.close(group)
 
 
-async def read_page(request: web.Request) -> web.Response:
-    """GET /streams/{streams}/events: one JSON page of events."""
-    _check_params(request, _PAGE_PARAMS)
-    selector, _ = await authorized_selector(request)
-    after = parse_position(request.query.get("after", "0"), "after")
-    cloudevents = _cloudevents(request)
+def page_limit(request: web.Request) -> int:
+    """The `limit` of a page: PAGE_DEFAULT, or 1 to PAGE_MAX."""
     try:
         limit = int(request.query.get("limit", PAGE_DEFAULT))
     except ValueError:
         raise Refusal("limit", "must be a whole number") from None
     if not 1 <= limit <= PAGE_MAX:
         raise Refusal("limit", f"must be between 1 and {PAGE_MAX}")
+    return limit
+
+
+async def read_page(request: web.Request) -> web.Response:
+    """GET /streams/{streams}/events: one JSON page of events."""
+    _check_params(request, _PAGE_PARAMS)
+    selector, _ = await authorized_selector(request)
+    after = parse_position(request.query.get("after", "0"), "after")
+    cloudevents = _cloudevents(request)
+    limit = page_limit(request)
     store = request.app[STORE]
     selector_sql = selector.to_sql()
     # A bounded wait for a read connection (else 503): a page is one short

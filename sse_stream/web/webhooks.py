@@ -40,7 +40,7 @@ from ..webhooks.model import (
     parse_page_key,
 )
 from ..webhooks.store import WebhookStore
-from .handlers import ACCESS, PAGE_DEFAULT, PAGE_MAX, SETTINGS, STORE, check_json, read_body
+from .handlers import ACCESS, SETTINGS, STORE, check_json, page_limit, read_body
 
 DELIVERER = web.AppKey("deliverer", Deliverer)
 MAX_BODY = 64 * 1024
@@ -161,12 +161,7 @@ async def index(request: web.Request) -> web.Response:
     for key in request.query:
         if key not in ("limit", "after", "access_token"):
             raise Refusal(key, "unknown query parameter")
-    try:
-        limit = int(request.query.get("limit", PAGE_DEFAULT))
-    except ValueError:
-        raise Refusal("limit", "must be a whole number") from None
-    if not 1 <= limit <= PAGE_MAX:
-        raise Refusal("limit", f"must be between 1 and {PAGE_MAX}")
+    limit = page_limit(request)
     after = request.query.get("after")
     start = FIRST_PAGE if after is None else parse_page_key(after)
     everyone = grant is None or grant.webhooks_admin
