@@ -5,6 +5,28 @@
 -- The horizon below which every transaction has ended.
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
 
+-- name: live_probe
+-- Cheap: where the live source stands in the WAL (replayed, on a standby;
+-- written, on a primary), so that a poller reads only when it moved.
+SELECT pg_is_in_recovery() AS recovery,
+       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+             ELSE pg_current_wal_lsn() END)::text AS lsn;
+
+-- name: standby_replayed
+-- Whether the live source is a standby, and the WAL position it has
+-- replayed (on a primary: written). The lag is the primary's position less
+-- this one, and the time since the primary stood here (core/stats.ReplayClock).
+SELECT pg_is_in_recovery() AS recovery,
+       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+             ELSE pg_current_wal_lsn() END)::text AS replayed;
+
+-- name: primary_wal
+-- On the primary: where its WAL stands, for the standby's lag in bytes, and
+-- the next transaction id it will hand out: a position below it was handed
+-- out by this cluster (a standby that lacks it is behind, not replaced).
+SELECT pg_current_wal_lsn()::text AS lsn,
+       pg_snapshot_xmax(pg_current_snapshot())::text::numeric AS xmax;
+
 -- name: read_live
 -- The shared read of one wake-up, on the live path's own connection: the
 -- final rows after the watermark (below the snapshot's xmin: every

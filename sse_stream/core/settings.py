@@ -66,7 +66,23 @@ class Settings:
 
     dsn: str | None = _field(None, "PostgreSQL DSN", OPTIONAL, default_text="embedded",
                              also_env="DATABASE_URL")
-    replica_dsn: str | None = _field(None, "DSN for replay reads", OPTIONAL)
+    replica_dsn: str | None = _field(None, "DSN for bulk replay reads (catch-up history)",
+                                     OPTIONAL)
+    live_dsn: str | None = _field(None, "DSN of the live read, catch-up's last stretch and "
+                                  "pages: a hot standby, polled (NOTIFY does not reach it); "
+                                  "--dsn stays the primary for writes, webhooks and retention",
+                                  OPTIONAL, default_text="--dsn, woken by NOTIFY")
+    standby_poll: float = _field(0.02, "with --live-dsn, how often the live source is probed "
+                                 "for replayed changes (a read follows only when it moved)",
+                                 Duration(positive=True))
+    standby_wait: float = _field(2.0, "how long a page waits for the live source to replay a "
+                                 "position it has not reached yet, before a 503", SECONDS)
+    live_generic_plan: bool = _field(True, "plan the live read's statements once (PostgreSQL's "
+                                     "generic plan, the same index plan) instead of on every "
+                                     "wake-up", SWITCH)
+    max_standby_lag: float = _field(30.0, "replay lag of the live source past which /readyz "
+                                    "answers 503, so that a load balancer drains the server",
+                                    Duration(positive=True))
     data_dir: str = _field(".sse-stream/pgdata", "data folder of the embedded PostgreSQL")
     host: str = _field("127.0.0.1", "address to listen on")
     port: int = _field(8080, "port to listen on", Whole(0, 65535))

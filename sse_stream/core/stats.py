@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from math import isfinite
 
 from .events import Event
@@ -52,7 +54,7 @@ class HubStats:
     """The hub's counters: plain numbers, read by HubCollector on a scrape."""
 
     __slots__ = ("wakeups", "events_read", "delivered", "replayed", "catchups", "gaps", "opened",
-                 "match_errors", "read_sizes", "lag")
+                 "match_errors", "read_sizes", "lag", "probes", "standby_waits")
 
     def __init__(self) -> None:
         self.wakeups = 0  # shared reads started
@@ -65,6 +67,8 @@ class HubStats:
         self.match_errors = 0  # selector tests that raised (counted as no match)
         self.read_sizes = Buckets(READ_BUCKETS)  # events read per wake-up
         self.lag = Buckets(LAG_BUCKETS)  # created_at to fan-out, seconds, per event read
+        self.probes = 0  # probes of a standby's replay position (polling)
+        self.standby_waits = 0  # reads that found a position the standby had not replayed
 
     def count_read(self, events: Sequence[Event]) -> None:
         """Count a shared read's events and their lag (per event read, not
@@ -75,6 +79,37 @@ class HubStats:
             lag = now - event.created_epoch
             if isfinite(lag):  # a time the column holds may be infinity
                 observe(lag)
+
+
+@dataclass(frozen=True)
+class StandbyLag:
+    """How far the live source's replay is behind the primary (0 on a primary)."""
+
+    recovery: bool
+    seconds: float
+    bytes: int
+
+
+class ReplayClock:
+    """The replay lag of a standby in seconds, from samples of the primary's
+    WAL position: the standby has replayed everything the primary had at
+    the last sample at or below its replay position, so it lags by the time
+    since then. Needs no clock of the database, and no replay timestamp
+    (which on a quiet primary is old even when nothing is missing)."""
+
+    def __init__(self, keep: int = 600) -> None:
+        self.samples: deque[tuple[float, int]] = deque(maxlen=keep)  # (time, primary LSN)
+
+    def lag(self, now: float, recovery: bool, replayed: int, primary: int) -> StandbyLag:
+        self.samples.append((now, primary))
+        if not recovery or replayed >= primary:
+            return StandbyLag(recovery, 0.0, 0)
+        caught_up = self.samples[0][0]  # at least as old as the oldest sample kept
+        for at, position in reversed(self.samples):
+            if position <= replayed:
+                caught_up = at
+                break
+        return StandbyLag(True, now - caught_up, primary - replayed)
 
 
 class Tally:

@@ -31,6 +31,9 @@ DEFAULT_LIMITS = StoreLimits()
 # Shown in pg_stat_activity, so an operator (or a fault test) can tell the
 # server's pool from other clients.
 APPLICATION_NAME = "sse-stream"
+# The live read runs the same statements on every wake-up: a generic plan
+# (the same index plan) skips re-planning them each time (docs/scaling.md).
+GENERIC_PLAN = {"plan_cache_mode": "force_generic_plan"}
 
 # Errors that mean "the database is not there right now", not "bad query".
 # InternalClientError is what asyncpg raises when a backend is terminated
@@ -57,6 +60,9 @@ class Page:
     `full`: more may follow right away (read again now).
     `future`: the position read after is beyond anything this database has
     handed out (a restored or replaced cluster); `covered` is then its horizon.
+    `behind`: the position is beyond what the live source (a standby) has
+    replayed, but the primary handed it out: wait for the standby, never a
+    gap; `covered` is then the position itself.
     """
 
     events: list[Event]
@@ -65,6 +71,7 @@ class Page:
     full: bool
     pruned: Position | None = None  # highest pruned position, in the page's snapshot
     future: bool = False
+    behind: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,13 @@ class Frames:
     full: bool
     pruned: Position | None = None
     future: bool = False
+    behind: bool = False
+
+
+def lsn_number(text: str) -> int:
+    """A pg_lsn's text (`16/B374D848`) as a number of bytes."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
 
 
 @dataclass(frozen=True)
@@ -148,12 +162,23 @@ async def _reset(connection: asyncpg.Connection) -> None:
 
 class EventStore:
     """The live read's connection, pools for reads, publishing and background
-    work, and an optional replica pool for replay."""
+    work, and an optional replica pool for replay.
+
+    `dsn` is the primary: publishing, migrations, webhooks and retention.
+    `live_dsn` (default: the primary) serves the live read, the last stretch
+    of every catch-up and the pages: with a hot standby there, the primary
+    serves no reads per commit or per client. `replica_dsn` serves the bulk
+    of catch-ups.
+    """
 
     def __init__(self, dsn: str, *, replica_dsn: str | None = None,
-                 limits: StoreLimits = DEFAULT_LIMITS) -> None:
+                 live_dsn: str | None = None, limits: StoreLimits = DEFAULT_LIMITS,
+                 generic_plan: bool = True) -> None:
         self.dsn = dsn
         self.replica_dsn = replica_dsn
+        self.live_dsn = live_dsn
+        self.live_recovery = False  # the live source was a standby at the last probe
+        self.generic_plan = generic_plan
         self.limits = limits
         self.reads_capacity = Capacity("read", limits.read_connections, limits.wait)
         self.publish_capacity = Capacity("publish", limits.publish_connections, limits.wait)
@@ -183,7 +208,7 @@ class EventStore:
 
     async def open(self) -> None:
         limits = self.limits
-        self._reads = await self._pool(self.dsn, limits.read_connections)
+        self._reads = await self._pool(self.live_dsn or self.dsn, limits.read_connections)
         self._writes = await self._pool(self.dsn, limits.publish_connections)
         self._background = await self._pool(self.dsn, limits.background_connections)
         if self.replica_dsn:
@@ -225,7 +250,9 @@ class EventStore:
                 if self._live is None or self._live.is_closed():
                     async with asyncio.timeout(10):
                         self._live = await asyncpg.connect(
-                            self.dsn, command_timeout=60, server_settings=self._settings)
+                            self.live_dsn or self.dsn, command_timeout=60,
+                            server_settings={**self._settings,
+                                             **(GENERIC_PLAN if self.generic_plan else {})})
                 rows: list[asyncpg.Record] = await self._live.fetch(sql, *args)
                 return rows
             except _UNAVAILABLE as error:
@@ -239,6 +266,38 @@ class EventStore:
         rows = await self._live_fetch(query("snapshot_xmin"))
         return Position.after_horizon(rows[0][0])
 
+    async def probe(self) -> str:
+        """Where the live source stands in the WAL (cheap): a poller reads
+        only when this moved."""
+        row = (await self._live_fetch(query("live_probe")))[0]
+        self.live_recovery = row["recovery"]
+        return str(row["lsn"])
+
+    async def handed_out(self, position: Position) -> bool:
+        """The primary's own view: whether it has handed out `position`'s
+        transaction id (a standby that lacks it is behind, not replaced)."""
+        async with self._connection(self._background) as connection:
+            row = await connection.fetchrow(query("primary_wal"))
+        return bool(position.xid < row["xmax"])
+
+    async def replay_positions(self) -> tuple[bool, int, int]:
+        """(whether the live source is a standby, the WAL position it has
+        replayed, the primary's WAL position now), positions in bytes."""
+        head = (await self._live_fetch(query("standby_replayed")))[0]
+        self.live_recovery = head["recovery"]
+        replayed = lsn_number(head["replayed"])
+        if not head["recovery"]:
+            return False, replayed, replayed
+        async with self._connection(self._background) as connection:
+            primary = await connection.fetchrow(query("primary_wal"))
+        return True, replayed, lsn_number(primary["lsn"])
+
+    async def _behind(self, after: Position) -> bool:
+        """A position past the live source's horizon: behind (the primary
+        handed it out), or future (a replaced cluster)? Only a live source
+        apart from the primary can be behind."""
+        return self.live_dsn is not None and await self.handed_out(after)
+
     async def read_live(self, after: Position, limit: int) -> Page:
         """The shared read of a wake-up: the final events after `after`."""
         self.reads += 1
@@ -248,6 +307,8 @@ class EventStore:
         xmin: int = head["xmin"]
         pruned = _pruned(head)
         if after.xid >= head["xmax"]:
+            if await self._behind(after):
+                return Page([], after, True, False, pruned, behind=True)
             # Past every transaction this database has started: the cluster
             # was replaced or restored. Resume at its horizon.
             return Page([], Position.after_horizon(xmin), False, False, pruned, future=True)
@@ -303,6 +364,8 @@ class EventStore:
         xmin: int = row["xmin"]
         pruned = _pruned(row)
         if not replica and after.xid >= row["xmax"]:
+            if not background and await self._behind(after):
+                return Frames(b"", 0, None, after, False, pruned, behind=True)
             return Frames(b"", 0, None, Position.after_horizon(xmin), False, pruned, future=True)
         if row["end_n"] is None:  # nothing after `after` yet
             return Frames(b"", 0, None, max(after, Position.after_horizon(xmin)), False, pruned)

@@ -27,6 +27,7 @@ class CatchUp:
     def __init__(self, store: EventStore, settings: Settings, stats: HubStats) -> None:
         self.store = store
         self.page_size = settings.replay_page_size
+        self.standby_poll = settings.standby_poll
         self.stats = stats
 
     async def run(self, subscription: Subscription) -> bool:
@@ -54,6 +55,14 @@ class CatchUp:
                     return False
                 except DatabaseUnavailable:
                     await wait_set(subscription.signal, backoff.next())
+                    subscription.signal.clear()
+                    continue
+                if page.behind:
+                    # A position the live source (a standby) has not replayed
+                    # yet, which the primary handed out: wait for the standby
+                    # (the stream keeps its heartbeat), never a false gap.
+                    self.stats.standby_waits += 1
+                    await wait_set(subscription.signal, self.standby_poll)
                     subscription.signal.clear()
                     continue
                 self._write(subscription, page)

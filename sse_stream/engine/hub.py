@@ -12,6 +12,12 @@ The shared read also learns, in the same snapshot, how far retention has
 pruned and how far this database has ever handed out positions: when either
 passed the watermark (retention overtook a process that was behind, or the
 cluster was replaced), every live stream gets `sse.gap` before the rest.
+
+With a hot standby as the live source (`--live-dsn`) no NOTIFY arrives: the
+hub probes the standby's replay position every `--standby-poll` and reads
+only when it moved (or rows are held back). A standby that has not yet
+replayed the watermark (the live connection moved to a lagging standby) is
+waited for: the primary's own view tells it from a replaced cluster.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from ..core.errors import DatabaseUnavailable
 from ..core.events import ORIGIN, Position
 from ..core.settings import Settings
-from ..core.stats import HubStats
+from ..core.stats import HubStats, ReplayClock, StandbyLag
 from ..core.tasks import Backoff, cancel_and_wait, wait_first, wait_set
 from ..db.store import EventStore, Page
 from .catchup import CatchUp
@@ -35,6 +41,7 @@ from .subscription import Subscription
 log = logging.getLogger(__name__)
 
 HELD_POLL = 0.025  # seconds between reads while an open transaction holds rows back
+LAG_INTERVAL = 1.0  # seconds between measurements of a standby's replay lag
 
 
 class Hub:
@@ -60,10 +67,18 @@ class Hub:
         # where a live-only stream starts (see _fresh_position).
         self._next_read: asyncio.Future[bool] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Polling a standby: the WAL position of the last probe that led to
+        # a read, and the replay lag (None: not measured, or no standby).
+        self.polling = settings.live_dsn is not None
+        self._probed: str | None = None
+        self.lag: StandbyLag | None = None
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name="sse-stream hub"),
                        asyncio.create_task(Heartbeat(self).run(), name="sse-stream heartbeat")]
+        if self.polling:
+            self._tasks.append(asyncio.create_task(self._measure_lag(),
+                                                   name="sse-stream standby lag"))
 
     def wake(self) -> None:
         """Ring the doorbell: new rows may exist. Safe to call from callbacks."""
@@ -82,16 +97,19 @@ class Hub:
 
     async def _run(self) -> None:
         backoff = Backoff()
+        rung = True  # a doorbell (or the start): read whatever a probe says
         while True:
             waiter, self._next_read = self._next_read, None  # for "a read after now"
             try:
                 if not self.started.is_set():
                     self.watermark = await self.store.horizon()
                     self.started.set()
-                await self._read_new()
+                if await self._moved(rung):
+                    await self._read_new()
                 self.ready = True
                 backoff.reset()
-                timeout = HELD_POLL if self._held else self.settings.poll_interval
+                timeout = self.settings.standby_poll if self.polling else \
+                    HELD_POLL if self._held else self.settings.poll_interval
             except Exception as error:
                 # Never let one bad read end live delivery for the process:
                 # the watermark has not moved, so the next read retries it.
@@ -104,7 +122,8 @@ class Hub:
             finally:
                 if waiter is not None:
                     waiter.set_result(self.ready)
-            if await wait_set(self._doorbell, timeout):
+            rung = await wait_set(self._doorbell, timeout)
+            if rung:
                 # While commits ring faster than the coalescing window, read
                 # at most once per window: one read then carries several
                 # commits' events, and each waits at most the window. A
@@ -114,6 +133,32 @@ class Hub:
                     await asyncio.sleep(early)
             self._doorbell.clear()  # before the read: a NOTIFY during it rings again
 
+    async def _moved(self, rung: bool) -> bool:
+        """Whether to read now. Always, unless polling a standby on a timer:
+        then only when its WAL position moved since the last read, or rows
+        were held back. The probe comes before the read, so whatever the
+        standby replays after it moves the position again."""
+        if not self.polling:
+            return True
+        probed = await self.store.probe()
+        self.stats.probes += 1
+        moved = rung or self._held or probed != self._probed
+        self._probed = probed
+        return moved
+
+    async def _measure_lag(self) -> None:
+        """The live source's replay lag, for /readyz and /metrics."""
+        clock = ReplayClock()
+        while True:
+            try:
+                self.lag = clock.lag(time.monotonic(), *await self.store.replay_positions())
+            except DatabaseUnavailable:
+                self.lag = None
+            except Exception:
+                log.exception("measuring the standby's lag failed")
+                self.lag = None
+            await asyncio.sleep(LAG_INTERVAL)
+
     async def _read_new(self) -> None:
         self.stats.wakeups += 1
         self._last_read = time.monotonic()
@@ -121,6 +166,12 @@ class Hub:
         try:
             while True:
                 page = await self.store.read_live(self.watermark, self.settings.page_size)
+                if page.behind:
+                    # The live source has not replayed the watermark yet (a
+                    # lagging standby): wait for it, never a false gap.
+                    self.stats.standby_waits += 1
+                    self._held = True
+                    return
                 if page.future:
                     self._resume_live(page.covered, "the database has never reached the "
                                       "watermark (a replaced or restored cluster?)")

@@ -44,7 +44,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     live_objects = app[LIVE_OBJECTS]
     assert settings.dsn is not None
-    store = EventStore(settings.dsn, replica_dsn=settings.replica_dsn,
+    store = EventStore(settings.dsn, replica_dsn=settings.replica_dsn, live_dsn=settings.live_dsn,
                        limits=StoreLimits(read_connections=settings.pool_size,
                                           publish_connections=settings.publish_pool_size,
                                           wait=settings.capacity_wait,
@@ -53,10 +53,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                                           page_bytes=settings.page_bytes,
                                           background_connections=1 + (
                                               settings.webhooks_connections
-                                              if settings.webhooks else 0)))
+                                              if settings.webhooks else 0)),
+                       generic_plan=settings.live_generic_plan)
     await store.open()
     hub = Hub(store, settings)
-    listener = Listener(settings.dsn, hub.wake, keepalive=settings.listener_keepalive)
+    # A hot standby as the live source is polled: no LISTEN on the primary,
+    # whose cost per commit would grow with every server.
+    listener = None if settings.live_dsn else \
+        Listener(settings.dsn, hub.wake, keepalive=settings.listener_keepalive)
     app[STORE], app[HUB], app[LISTENER] = store, hub, listener
     retention = None
     if settings.prune_older_than is not None:
@@ -74,7 +78,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     hub.start()
     if deliverer is not None:
         deliverer.start()
-    listener.start()
+    if listener is not None:
+        listener.start()
     if retention is not None:
         retention.start()
     pruning = asyncio.create_task(_prune_idempotency_keys(store, settings.idempotency_ttl),
@@ -92,7 +97,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         async def stop_pruning() -> None:
             await cancel_and_wait(pruning)
 
-        steps = [stop_pruning, listener.stop, hub.stop, store.close]
+        steps = [stop_pruning, hub.stop, store.close]
+        if listener is not None:
+            steps.insert(1, listener.stop)
         if deliverer is not None:
             steps.insert(1, deliverer.stop)
         if retention is not None:

@@ -6,6 +6,7 @@ application/problem+json response by `problem_middleware`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", EventStore)
 HUB = web.AppKey("hub", Hub)
-LISTENER = web.AppKey("listener", Listener)
+LISTENER: web.AppKey[Listener | None] = web.AppKey("listener")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 ACCESS = web.AppKey("access", AccessPolicy)
 
@@ -288,10 +289,24 @@ async def read_page(request: web.Request) -> web.Response:
                                      cloudevents=cloudevents, wait=wait,
                                      replica=store.replica_dsn is not None)
     if not page.full and store.replica_dsn is not None:
-        # The replica has nothing more: the primary may (a lagging replica),
-        # and only the primary knows whether `after` was ever handed out.
+        # The replica has nothing more: the live source may (a lagging
+        # replica), and knows whether `after` was ever handed out.
         page = await store.read_selected(after, limit, selector_sql, sse=False,
                                          cloudevents=cloudevents, wait=wait)
+    if page.behind:
+        # The live source (a standby) has not replayed `after` yet, and the
+        # primary handed it out (the client read it elsewhere): wait for the
+        # standby a bounded time, probing its replay, then 503.
+        settings = request.app[SETTINGS]
+        deadline = time.monotonic() + settings.standby_wait
+        while page.behind and time.monotonic() < deadline:
+            await asyncio.sleep(settings.standby_poll)
+            page = await store.read_selected(after, limit, selector_sql, sse=False,
+                                             cloudevents=cloudevents, wait=wait)
+        if page.behind:
+            raise Refusal("after", "this server's database has not replayed this position "
+                          "yet (a lagging standby); retry shortly", status=503,
+                          headers={"Retry-After": "1"})
     if page.future:
         raise Refusal("after", "this position is beyond anything this database has "
                       "handed out (a restored or replaced cluster?); start again from "
@@ -387,14 +402,27 @@ async def readyz(request: web.Request) -> web.Response:
     hub, listener = request.app[HUB], request.app[LISTENER]
     verifier = request.app[ACCESS].verifier
     keys = verifier.keys if verifier is not None else None
-    extra = {"jwks": keys.status()} if keys is not None else {}
-    if hub.ready and listener.connected and (keys is None or keys.ready):
+    extra: dict[str, Any] = {"jwks": keys.status()} if keys is not None else {}
+    lagging = False
+    if hub.polling:
+        # A standby as the live source: how far its replay is behind.
+        lag, limit = hub.lag, request.app[SETTINGS].max_standby_lag
+        extra["standby"] = None if lag is None else {
+            "in_recovery": lag.recovery, "lag_seconds": round(lag.seconds, 3),
+            "lag_bytes": lag.bytes, "max_lag_seconds": limit}
+        lagging = lag is None or lag.seconds > limit
+    connected = listener is None or listener.connected
+    if hub.ready and connected and not lagging and (keys is None or keys.ready):
         return web.json_response({"status": "ready", **extra})
     reasons = []
     if not hub.ready:
         reasons.append("database unreachable")
-    if not listener.connected:
+    if not connected:
         reasons.append("listener not connected")
+    if lagging:
+        reasons.append("the live source's replay lag is unknown" if hub.lag is None else
+                       f"the live source's replay lags {hub.lag.seconds:.1f} s, more than "
+                       "--max-standby-lag")
     if keys is not None and not keys.ready:
         reasons.append("JWKS not fetched yet")
     return problem(503, ", ".join(reasons), headers={"Retry-After": "2"}, extensions=extra)

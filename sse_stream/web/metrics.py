@@ -113,6 +113,23 @@ class HubCollector(Collector):
             yield GaugeMetricFamily("sse_stream_listener_connected",
                                     "1 while the LISTEN connection is up.",
                                     value=1 if listener.connected else 0)
+        standby = hub.lag if hub.polling else None
+        if hub.polling:
+            yield counter("sse_stream_standby_probes", "Probes of the live standby's replay "
+                          "position (each read follows only when it moved).", stats.probes)
+            yield counter("sse_stream_standby_waits", "Reads that found a position the live "
+                          "standby had not replayed yet (waited for, never a gap).",
+                          stats.standby_waits)
+        if standby is not None:
+            yield GaugeMetricFamily("sse_stream_live_source_in_recovery", "1 while the live "
+                                    "source is a standby (0 once promoted).",
+                                    value=1 if standby.recovery else 0)
+            yield GaugeMetricFamily("sse_stream_standby_replay_lag_seconds", "How far the live "
+                                    "standby's replay is behind what it received, in seconds.",
+                                    value=standby.seconds)
+            yield GaugeMetricFamily("sse_stream_standby_replay_lag_bytes", "Bytes of the "
+                                    "primary's WAL the live standby has not replayed.",
+                                    value=standby.bytes)
         yield counter("sse_stream_match_errors", "Event and selector tests that raised "
                       "(logged; the event was not sent to that selector).", stats.match_errors)
         if store is not None:
