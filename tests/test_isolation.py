@@ -34,8 +34,9 @@ from sse_stream.core.patterns import SubjectTree, parse_pattern
 from sse_stream.core.settings import Settings
 from sse_stream.db.embedded import EmbeddedPostgres
 from sse_stream.db.migrate import migrate_dsn
+from sse_stream.db.pages import _row_events
 from sse_stream.db.retention import prune
-from sse_stream.db.store import EventStore, _row_events
+from sse_stream.db.store import EventStore
 from sse_stream.web.app import create_app
 from sse_stream.web.handlers import STORE
 

@@ -25,7 +25,7 @@ from ..db.retention import Retention
 from ..db.store import EventStore
 from ..engine.hub import Hub
 from ..webhooks.deliverer import Deliverer
-from . import handlers
+from . import handlers, operations
 from . import webhooks as webhook_handlers
 from .handlers import ACCESS, HUB, LISTENER, OPEN_STREAMS, REGISTRY, SETTINGS, STORE
 from .metrics import HubCollector
@@ -262,9 +262,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_streams)
     app.router.add_get("/", _index)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/healthz", operations.healthz)
+    app.router.add_get("/readyz", operations.readyz)
+    app.router.add_get("/metrics", operations.metrics)
     app.router.add_get("/asyncapi.json", _asyncapi)
     for path, asset in client_assets().items():  # /client.js, /client.d.ts
         app.router.add_get(path, asset.handle)
