@@ -66,6 +66,33 @@ LEFT JOIN LATERAL (
     ORDER BY w.xid, w.id
 ) e ON true;
 
+-- name: read_recent
+-- At start, the newest final events (at most $1 rows, their data about $2
+-- bytes in all, counted as recent history counts them), oldest first, and
+-- the snapshot's xmin they are final below: recent history is then whole
+-- from before the oldest of them up to the watermark (engine/recent.py).
+SELECT h.xmin::text::bigint AS xmin, e.xid, e.id, e.stream, e.type, e.data, e.created_at,
+       e.epoch
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
+LEFT JOIN LATERAL (
+    SELECT w.xid::text::bigint AS xid, w.id, w.stream, w.type, convert_to(w.data, 'UTF8') AS data,
+           sse_stream.time_text(w.created_at) AS created_at,
+           extract(epoch FROM w.created_at)::float8 AS epoch
+    FROM (
+        SELECT p.*, sum(2 * octet_length(p.data) + $3) OVER (ORDER BY p.xid DESC, p.id DESC
+                                                             ROWS UNBOUNDED PRECEDING) AS running
+        FROM (
+            SELECT ev.xid, ev.id, ev.stream, ev.type, ev.data::text AS data, ev.created_at
+            FROM sse_stream.events ev
+            WHERE ev.xid < h.xmin
+            ORDER BY ev.xid DESC, ev.id DESC
+            LIMIT $1
+        ) p
+    ) w
+    WHERE w.running <= $2
+    ORDER BY w.xid, w.id
+) e ON true;
+
 -- name: read_selected
 -- One page of a subscriber's own catch-up, or of a JSON page: the rows of the
 -- selected streams after a position and below the snapshot's xmin, in

@@ -110,6 +110,12 @@ class ScriptedStore:
     async def horizon(self) -> Position:
         return Position.after_horizon(self.xmin)
 
+    async def read_recent(self, rows: int, budget: int,
+                          overhead: int) -> tuple[list[Event], Position]:
+        """The newest final events (all, here) and the horizon."""
+        final = [e for e in self.events if e.position.xid < self.xmin][-rows:]
+        return final, Position.after_horizon(self.xmin)
+
     async def read_live(self, after: Position, limit: int) -> Page:
         self.live_started += 1
         number = self.live_started
@@ -145,9 +151,12 @@ class FakeResponse:
         self.drained.set()
         self.drains = 0
         self.draining = False
+        self.hold_after: int | None = None  # writes after which drain() waits
 
     def write_nowait(self, data: bytes | Payload) -> None:
         self.writes.append(data.data if isinstance(data, Payload) else data)
+        if self.hold_after is not None and len(self.writes) >= self.hold_after:
+            self.drained.clear()
 
     def pending_bytes(self) -> int:
         return self.pending
@@ -191,8 +200,11 @@ class Harness:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self, store: ScriptedStore, **overrides: Any) -> Hub:
+        # The table's seam by default: recent history (memory) only where a
+        # test turns it on.
         settings = Settings(dsn="postgresql://scripted.invalid/db", coalesce_window=0,
-                            poll_interval=60, heartbeat=60, **overrides)
+                            poll_interval=60, heartbeat=60,
+                            **{"recent_bytes": 0, **overrides})
         self.store, self.hub = store, Hub(store, settings)  # type: ignore[arg-type]
         self.hub.start()
         await until(lambda: store.live_finished == 1)
@@ -370,3 +382,94 @@ async def test_new_events_only_starts_with_a_bare_id_line(harness: Harness) -> N
     await harness.flush()
     assert response.frames() == [mark(3), 4, 5]
     assert store.selected == []
+
+
+# -- recent history: catch-ups served from memory (engine/recent.py) -------------------
+
+RING = 64 << 20
+
+
+async def test_a_catch_up_inside_the_ring_reads_no_table(harness: Harness) -> None:
+    """A stream whose position is inside recent history gets what it missed
+    from memory and joins: every event once, in order, and no table read."""
+    store = ScriptedStore()
+    hub = await harness.start(store, recent_bytes=RING)
+    store.commit(1, 2, 3)
+    await harness.flush()
+    assert hub.recent.start == horizon(0) and len(hub.recent) == 3
+    sub, response, _ = harness.serve(Position(1, 1))
+    await until(lambda: sub.joined)
+    store.commit(4)
+    await harness.flush()
+    assert response.frames() == [2, 3, mark(3), 4] and store.selected == []
+    assert hub.stats.replayed_recent == 2
+
+
+async def test_a_catch_up_that_starts_before_the_ring_reads_the_table_until_it(
+        harness: Harness) -> None:
+    """A position older than the ring: the table until the ring covers it,
+    then memory, then live; nothing twice across either seam."""
+    store = ScriptedStore()
+    hub = await harness.start(store, recent_bytes=3 * _cost(), replay_page_size=2)
+    store.commit(1, 2, 3, 4, 5, 6)
+    await harness.flush()
+    assert len(hub.recent) == 3 and hub.recent.start == Position(3, 3)
+    sub, response, _ = harness.serve(Position(1, 1))
+    await until(lambda: sub.joined)
+    store.commit(7)
+    await harness.flush()
+    assert response.frames() == [2, 3, 4, 5, 6, mark(6), 7]
+    # One table page (2, 3) took it into the ring; the rest came from memory.
+    assert store.selected == [(Position(1, 1), False)]
+    assert hub.stats.replayed_recent == 3
+
+
+async def test_the_ring_evicts_while_a_catch_up_walks_it(harness: Harness) -> None:
+    """The oldest events leave the ring while a stream reads it (waiting on
+    its socket between pages): it goes back to the table from where it
+    stands, nothing skipped, nothing twice."""
+    store = ScriptedStore()
+    hub = await harness.start(store, recent_bytes=4 * _cost(), page_bytes=1)
+    store.commit(1, 2, 3, 4)
+    await harness.flush()
+    sub, response, _ = harness.serve(Position(1, 1))
+    response.hold_after = 1  # one page (one event: page_bytes=1), then a full socket
+    await until(lambda: response.draining and response.drains == 2)
+    assert response.frames() == [2] and sub.covered == Position(2, 2)
+    store.commit(5, 6, 7, 8)
+    await harness.flush()
+    assert hub.recent.start == Position(4, 4) > sub.covered  # evicted past it
+    response.hold_after = None
+    response.drained.set()
+    await until(lambda: sub.joined)
+    store.commit(9)
+    await harness.flush()
+    assert response.frames() == [2, 3, 4, 5, 6, 7, 8, mark(8), 9]
+    assert store.selected == [(Position(2, 2), False)]
+
+
+def _cost() -> int:
+    """What one scripted event costs the ring."""
+    from sse_stream.engine.recent import EVENT_OVERHEAD
+
+    envelope = Event.from_row(1, 1, "s", "t", b'{"n": 1}', "2024-01-01T00:00:00Z", 0.0).envelope
+    return len(envelope) * 2 + EVENT_OVERHEAD
+
+
+async def test_a_restarted_hub_starts_with_recent_history(harness: Harness) -> None:
+    """History read at start, in the snapshot of the start's horizon: a
+    resume from inside it after a restart reads no table."""
+    store = ScriptedStore()
+    store.commit(1, 2, 3)
+    hub = await harness.start(store, recent_bytes=RING)
+    assert hub.recent.start == Position(1, 0) and hub.watermark == horizon(3)
+    sub, response, _ = harness.serve(Position(1, 1))
+    await until(lambda: sub.joined)
+    store.commit(4)
+    await harness.flush()
+    assert response.frames() == [2, 3, mark(3), 4] and store.selected == []
+    # Before the oldest event read: the table, from there.
+    early, before, _ = harness.serve(Position(0, 5))
+    await until(lambda: early.joined)
+    assert [f for f in before.frames() if isinstance(f, int)] == [1, 2, 3, 4]
+    assert store.selected == [(Position(0, 5), False)]

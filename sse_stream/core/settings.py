@@ -102,6 +102,8 @@ class Settings:
     # A replay page is PostgreSQL's bytes, joined and written: little Python
     # work per row, so larger pages cost the loop little (tests/test_lag.py).
     replay_page_size: int = _field(1000, "rows per catch-up (replay) read", Whole(1))
+    recent_bytes: int = _field(64 << 20, "memory for recent history: resumes from inside it are "
+                               "served from memory instead of the table (0: off)", Whole(0))
     max_pending: int = _field(1 << 20, "bytes a client may have unsent before it is moved to "
                               "catching up from the table", Whole(0))
     # Database capacity, by kind of work (see docs/guarantees.md "Hostile

@@ -54,7 +54,8 @@ class HubStats:
     """The hub's counters: plain numbers, read by HubCollector on a scrape."""
 
     __slots__ = ("wakeups", "events_read", "delivered", "replayed", "catchups", "gaps", "opened",
-                 "match_errors", "read_sizes", "lag", "probes", "standby_waits")
+                 "match_errors", "read_sizes", "lag", "probes", "standby_waits",
+                 "replayed_recent")
 
     def __init__(self) -> None:
         self.wakeups = 0  # shared reads started
@@ -69,6 +70,7 @@ class HubStats:
         self.lag = Buckets(LAG_BUCKETS)  # created_at to fan-out, seconds, per event read
         self.probes = 0  # probes of a standby's replay position (polling)
         self.standby_waits = 0  # reads that found a position the standby had not replayed
+        self.replayed_recent = 0  # events written by catch-ups from memory (recent history)
 
     def count_read(self, events: Sequence[Event]) -> None:
         """Count a shared read's events and their lag (per event read, not

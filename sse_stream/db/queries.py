@@ -16,14 +16,19 @@ _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
 def sql_dir() -> Path:
-    """The folder holding the .sql files (installed package or checkout)."""
+    """The folder holding the .sql files: a source checkout's own sql/ when
+    this code runs from one (so that a checkout never runs another's SQL),
+    else the installed package's."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "setup.cfg").is_file() and (checkout / "sql" / "queries.sql").is_file():
+        return checkout / "sql"
     try:
         installed = Path(str(resources.files("sse_stream.sql")))
         if (installed / "queries.sql").is_file():
             return installed
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parents[2] / "sql"
+    return checkout / "sql"
 
 
 @cache

@@ -18,7 +18,7 @@ import asyncpg
 
 from ..core.batch import Batch
 from ..core.errors import DatabaseUnavailable, Refusal
-from ..core.events import Position
+from ..core.events import Event, Position
 from ..core.selector import SelectorSql
 from .capacity import Capacity, StoreLimits
 from .pages import Frames, Page, Published, _row_events, lsn_number
@@ -216,6 +216,18 @@ class EventStore:
         handed it out), or future (a replaced cluster)? Only a live source
         apart from the primary can be behind."""
         return self.live_dsn is not None and await self.handed_out(after)
+
+    async def read_recent(self, rows: int, budget: int,
+                          overhead: int) -> tuple[list[Event], Position]:
+        """The newest final events, oldest first (at most `rows`, about
+        `budget` bytes counting `overhead` per event), and the horizon they
+        are final below: what recent history starts with."""
+        found = await self._live_fetch(query("read_recent"), rows, budget, overhead)
+        horizon = Position.after_horizon(found[0]["xmin"])
+        skipped = [0]
+        events = _row_events([r for r in found if r["id"] is not None], skipped)
+        self.skipped_rows += skipped[0]
+        return events, horizon
 
     async def read_live(self, after: Position, limit: int) -> Page:
         """The shared read of a wake-up: the final events after `after`."""

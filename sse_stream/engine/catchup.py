@@ -19,13 +19,18 @@ from ..core.events import ORIGIN
 from ..core.settings import Settings
 from ..core.stats import HubStats
 from ..core.tasks import Backoff, wait_set
+from ..core.wire import event_frame
 from ..db.store import EventStore, Frames
+from .recent import Recent
 from .subscription import Subscription
 
 
 class CatchUp:
-    def __init__(self, store: EventStore, settings: Settings, stats: HubStats) -> None:
+    def __init__(self, store: EventStore, settings: Settings, stats: HubStats,
+                 recent: Recent) -> None:
         self.store = store
+        self.recent = recent
+        self.page_bytes = settings.page_bytes
         self.page_size = settings.replay_page_size
         self.standby_poll = settings.standby_poll
         self.stats = stats
@@ -66,6 +71,8 @@ class CatchUp:
                     subscription.signal.clear()
                     continue
                 self._write(subscription, page)
+                if page.full and self.recent.covers(subscription.covered):
+                    return True  # the rest is in memory (Hub.serve reads it there)
                 if page.full:
                     ahead = self._read(subscription, replica)
                     try:
@@ -84,6 +91,39 @@ class CatchUp:
         finally:
             if ahead is not None:
                 _abandon(ahead)
+
+    async def from_recent(self, subscription: Subscription) -> bool:
+        """Write what `subscription` missed from the ring of recent history,
+        page by page, waiting for the socket between pages. True when it
+        reached the ring's end (the watermark) in the last step, with no
+        await since: the caller may join. False when the stream ended, or
+        the ring moved past its position meanwhile (the table serves it)."""
+        recent = self.recent
+        while not subscription.closed:
+            # Wait for the socket first, as a table catch-up does: a slow
+            # stream sent here from the live flow drains before it rejoins.
+            try:
+                await subscription.response.drain()
+            except ConnectionError:
+                subscription.close()
+                return False
+            if not recent.covers(subscription.covered):
+                return False
+            events, covered = recent.after(subscription.covered, subscription.selector,
+                                           self.page_bytes)
+            if events:
+                subscription.write(b"".join(event_frame(event, subscription.cloudevents)
+                                            for event in events))
+                subscription.last_id = events[-1].position
+                subscription.events_sent += len(events)
+                self.stats.replayed += len(events)
+                self.stats.replayed_recent += len(events)
+            subscription.covered = max(subscription.covered, covered)
+            if covered >= recent.end:
+                if subscription.covered > subscription.last_id:
+                    subscription.write_position(subscription.covered)
+                return True
+        return False
 
     def _read(self, subscription: Subscription, replica: bool) -> asyncio.Future[Frames]:
         return asyncio.ensure_future(self.store.read_selected(

@@ -35,6 +35,7 @@ from ..core.tasks import Backoff, cancel_and_wait, wait_first, wait_set
 from ..db.store import EventStore, Page
 from .catchup import CatchUp
 from .heartbeat import Heartbeat
+from .recent import EVENT_OVERHEAD, Recent
 from .routing import LiveIndex, shared_payloads
 from .subscription import Subscription
 
@@ -59,7 +60,8 @@ class Hub:
         # (the webhook deliverer); they must not raise.
         self.observers: list[Callable[[Page], None]] = []
         self._index = LiveIndex(self.stats)
-        self._catch_up = CatchUp(store, settings, self.stats)
+        self.recent = Recent(settings.recent_bytes)
+        self._catch_up = CatchUp(store, settings, self.stats, self.recent)
         self._doorbell = asyncio.Event()
         self._held = False
         self._last_read = 0.0  # when the last shared read started (monotonic)
@@ -102,8 +104,7 @@ class Hub:
             waiter, self._next_read = self._next_read, None  # for "a read after now"
             try:
                 if not self.started.is_set():
-                    self.watermark = await self.store.horizon()
-                    self.started.set()
+                    await self._start()
                 if await self._moved(rung):
                     await self._read_new()
                 self.ready = True
@@ -132,6 +133,20 @@ class Hub:
                 if early > 0:
                     await asyncio.sleep(early)
             self._doorbell.clear()  # before the read: a NOTIFY during it rings again
+
+    async def _start(self) -> None:
+        """Where live starts: the horizon, with recent history read in the same
+        snapshot (so that a burst of resumes after a restart is served from
+        memory, not by a table read each)."""
+        recent = self.recent
+        if recent.budget:
+            events, self.watermark = await self.store.read_recent(
+                recent.budget // EVENT_OVERHEAD, recent.budget, EVENT_OVERHEAD)
+            recent.load(events, self.watermark)
+        else:
+            self.watermark = await self.store.horizon()
+            recent.reset(self.watermark)
+        self.started.set()
 
     async def _moved(self, rung: bool) -> bool:
         """Whether to read now. Always, unless polling a standby on a timer:
@@ -197,6 +212,7 @@ class Hub:
             subscription.replayed_through = resumed
             self.stats.gaps += 1
         self.watermark = resumed
+        self.recent.reset(resumed)
 
     def _fan_out(self, page: Page) -> None:
         """Hand a page to every joined subscription: one write each. No awaits."""
@@ -205,6 +221,10 @@ class Hub:
         if events:
             stats.count_read(events)
             self.newest = events[-1].position
+        # The ring moves with the watermark, in the same step (recent.py).
+        if page.pruned is not None and page.pruned > self.recent.start:
+            self.recent.forget_through(page.pruned)
+        self.recent.extend(events, page.covered)
         self.watermark = page.covered
         behind: list[Subscription] = []
         for group, batch, payload in shared_payloads(matched):
@@ -243,6 +263,13 @@ class Hub:
         skipped up to `replayed_through` (= covered): nothing twice. The
         check and the join happen in one step of the event loop, so no
         fan-out can run in between and move the watermark.
+
+        A catch-up from recent history (recent.py) meets the same rule: the
+        ring is the shared read's own output, every final event in (start,
+        end] with `end` = the watermark, moved in the same step as it; so
+        what it returns after `covered` is exactly what a table read would,
+        and its last page leaves `covered` = the watermark, with no await
+        before this call.
         """
         subscription.joined = True
         subscription.replayed_through = subscription.covered
@@ -285,6 +312,12 @@ class Hub:
                 if subscription.joined:
                     await subscription.signal.wait()
                     subscription.signal.clear()
+                elif live and self.recent.covers(subscription.covered):
+                    # From memory, up to the watermark itself: the join
+                    # follows with no await since the ring was read.
+                    if await self._catch_up.from_recent(subscription) and \
+                            subscription.covered >= self.watermark:
+                        self._join(subscription)
                 elif await self._catch_up.run(subscription):
                     if not live:
                         return

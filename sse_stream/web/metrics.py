@@ -130,6 +130,13 @@ class HubCollector(Collector):
             yield GaugeMetricFamily("sse_stream_standby_replay_lag_bytes", "Bytes of the "
                                     "primary's WAL the live standby has not replayed.",
                                     value=standby.bytes)
+        recent = hub.recent
+        yield GaugeMetricFamily("sse_stream_recent_bytes", "Memory held by recent history "
+                                "(--recent-bytes), about.", value=recent.bytes)
+        yield GaugeMetricFamily("sse_stream_recent_events", "Events held in recent history.",
+                                value=len(recent))
+        yield counter("sse_stream_events_replayed_from_memory", "Events written by catch-ups "
+                      "served from recent history instead of the table.", stats.replayed_recent)
         yield counter("sse_stream_match_errors", "Event and selector tests that raised "
                       "(logged; the event was not sent to that selector).", stats.match_errors)
         if store is not None:

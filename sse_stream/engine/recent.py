@@ -1,0 +1,169 @@
+"""Recent history in memory: the last `--recent-bytes` of final events.
+
+The ring holds exactly what the hub's shared read produced, in stream
+order: every final event in (`start`, `end`], where `end` is the hub's
+watermark (the ring moves with each fan-out, in the same step) and `start`
+the position before the oldest event it still holds. It is filled from the
+same pages the live streams get, so it holds no event a table read after
+`start` would not return, and lacks none: a catch-up whose position is in
+[`start`, `end`] is served from memory, filtered as live delivery is
+(`Selector.accepts`), and joins the live flow through the same seam
+(Hub._join). The oldest events leave when the ring passes its budget, when
+retention prunes them, and all of them when the hub's read jumps (a gap).
+
+Lookups: one list in stream order (eviction) and one per stream (a catch-up
+reads only its streams' events, found by bisection on position), so the
+work of a resume follows the events it can match, not the whole ring.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+
+from ..core.events import ORIGIN, Event, Position
+from ..core.selector import Selector
+
+# What an event costs here besides its envelope: the Event object, its
+# fields and its frame (built once, for the live streams or a resume).
+EVENT_OVERHEAD = 400
+
+
+def _position(event: Event) -> Position:
+    return event.position
+
+
+class _Run:
+    """Events in stream order; the oldest leave from the head (a list and an
+    index, compacted now and then, so that bisection stays possible)."""
+
+    __slots__ = ("events", "head")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.events) - self.head
+
+    def first(self) -> Event:
+        return self.events[self.head]
+
+    def drop_first(self) -> None:
+        self.head += 1
+        if self.head >= 1024 and self.head * 2 >= len(self.events):
+            del self.events[:self.head]
+            self.head = 0
+
+    def after(self, position: Position) -> Iterator[Event]:
+        events = self.events
+        index = bisect_right(events, position, lo=self.head, key=_position)
+        return (events[i] for i in range(index, len(events)))
+
+
+class Recent:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget  # bytes, about (0: off)
+        self.start = ORIGIN
+        self.end = ORIGIN
+        self.bytes = 0
+        self._all = _Run()
+        self._streams: dict[str, _Run] = {}
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def reset(self, at: Position) -> None:
+        """Forget everything: the ring holds (at, at], nothing."""
+        self._all = _Run()
+        self._streams = {}
+        self.bytes = 0
+        self.start = self.end = at
+
+    def load(self, events: list[Event], end: Position) -> None:
+        """At start: the newest final events (oldest first) and the horizon
+        they were read below. Whole from just before the oldest (an id is a
+        whole number: nothing lies between (xid, id - 1) and (xid, id))."""
+        first = events[0].position if events else end
+        self.reset(end if not events else Position(first.xid, first.id - 1))
+        self.extend(events, end)
+
+    def extend(self, events: Iterable[Event], covered: Position) -> None:
+        """A page of the shared read: `events`, final up to `covered`, all
+        after `end` (the hub reads after its watermark, which is `end`)."""
+        if not self.budget:
+            self.start = self.end = covered
+            return
+        for event in events:
+            self._all.events.append(event)
+            run = self._streams.get(event.stream)
+            if run is None:
+                run = self._streams[event.stream] = _Run()
+            run.events.append(event)
+            self.bytes += len(event.envelope) * 2 + EVENT_OVERHEAD
+        self.end = covered
+        while self.bytes > self.budget and len(self._all):
+            self._evict()
+
+    def forget_through(self, position: Position) -> None:
+        """Retention deleted everything up to `position` from the table: a
+        resume there must learn it from a table read (sse.gap)."""
+        while len(self._all) and self._all.first().position <= position:
+            self._evict()
+        self.start = max(self.start, min(position, self.end))
+
+    def _evict(self) -> None:
+        event = self._all.first()
+        self._all.drop_first()
+        run = self._streams[event.stream]
+        run.drop_first()
+        if not len(run):
+            del self._streams[event.stream]
+        self.bytes -= len(event.envelope) * 2 + EVENT_OVERHEAD
+        self.start = event.position
+
+    def covers(self, position: Position) -> bool:
+        """Whether a catch-up from `position` can be served from memory."""
+        return self.budget > 0 and self.start <= position <= self.end and position > ORIGIN
+
+    def after(self, position: Position, selector: Selector,
+              max_bytes: int) -> tuple[list[Event], Position]:
+        """The events after `position` (which `covers`) that `selector`
+        matches, in order, about `max_bytes` of envelopes at most (one at
+        least), and the position up to which the ring was examined: `end`,
+        or the last event returned when the byte budget stopped it."""
+        runs = self._runs(selector)
+        candidates: Iterable[Event]
+        if not runs:
+            return [], self.end
+        if len(runs) == 1:
+            candidates = runs[0].after(position)
+        else:
+            candidates = heapq.merge(*(run.after(position) for run in runs), key=_position)
+        found: list[Event] = []
+        size = 0
+        for event in candidates:
+            try:
+                if not selector.accepts(event):
+                    continue
+            except Exception:  # a test that raises counts as no match, as live
+                continue
+            found.append(event)
+            size += len(event.envelope)
+            if size >= max_bytes:
+                return found, event.position
+        return found, self.end
+
+    def _runs(self, selector: Selector) -> list[_Run]:
+        runs: dict[str, _Run] = {}
+        for pattern in selector.patterns:
+            if pattern.is_exact:
+                run = self._streams.get(pattern.text)
+                if run is not None:
+                    runs[pattern.text] = run
+            else:
+                for stream, run in self._streams.items():
+                    if stream not in runs and pattern.matches(stream):
+                        runs[stream] = run
+        return list(runs.values())
