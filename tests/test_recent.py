@@ -1,0 +1,74 @@
+"""Recent history (sse_stream/engine/recent.py), pure: what it holds, what a
+resume gets from it, and that it keeps to its budget."""
+
+from __future__ import annotations
+
+from sse_stream.core.events import ORIGIN, Event, Position
+from sse_stream.core.filter_syntax import parse_data_filters
+from sse_stream.core.patterns import parse_pattern_list, parse_type_filter
+from sse_stream.core.selector import Selector
+from sse_stream.engine.recent import EVENT_OVERHEAD, Recent
+
+
+def event(n: int, stream: str = "s", type_: str = "t", data: str = "{}") -> Event:
+    return Event.from_row(n, n, stream, type_, data.encode(), "2026-01-01T00:00:00Z", 0.0)
+
+
+def selector(streams: str, *filters: tuple[str, str], types: list[str] | None = None
+             ) -> Selector:
+    return Selector(parse_pattern_list(streams), parse_type_filter(types or []),
+                    parse_data_filters(list(filters)))
+
+
+def numbers(found: tuple[list[Event], Position]) -> list[int]:
+    return [e.id for e in found[0]]
+
+
+def test_a_resume_gets_its_streams_in_order_filtered_as_live() -> None:
+    recent = Recent(1 << 20)
+    recent.reset(Position(0, 9))
+    events = [event(1, "a"), event(2, "b", data='{"k": 1}'), event(3, "a.x"),
+              event(4, "b", "u", '{"k": 2}'), event(5, "a")]
+    recent.extend(events, Position(5, 99))
+    assert recent.covers(Position(2, 2)) and not recent.covers(Position(6, 0))
+    assert not recent.covers(ORIGIN)  # "from the oldest retained": the table knows
+    assert numbers(recent.after(Position(0, 9), selector("a"), 1 << 20)) == [1, 5]
+    assert numbers(recent.after(Position(1, 1), selector("a,b"), 1 << 20)) == [2, 4, 5]
+    assert numbers(recent.after(Position(0, 9), selector("a.*,b"), 1 << 20)) == [2, 3, 4]
+    assert numbers(recent.after(Position(0, 9), selector("b", ("data.k", "eq.2")),
+                                1 << 20)) == [4]
+    assert numbers(recent.after(Position(0, 9), selector(">", types=["t"]), 1 << 20)) == \
+        [1, 2, 3, 5]
+    # A page ends at the byte budget, covering up to its last event.
+    found, covered = recent.after(Position(0, 9), selector(">"), 1)
+    assert [e.id for e in found] == [1] and covered == Position(1, 1)
+    assert recent.after(Position(0, 9), selector("nothing"), 1) == ([], Position(5, 99))
+
+
+def test_the_budget_evicts_the_oldest_and_moves_the_start() -> None:
+    cost = len(event(1, "s0").envelope) * 2 + EVENT_OVERHEAD
+    recent = Recent(3 * cost)
+    recent.reset(Position(0, 0))
+    recent.extend([event(n, f"s{n % 2}") for n in range(1, 6)], Position(5, 99))
+    assert len(recent) == 3 and recent.bytes == 3 * cost
+    assert recent.start == Position(2, 2)  # whole from after the last evicted
+    assert not recent.covers(Position(1, 1)) and recent.covers(Position(2, 2))
+    assert numbers(recent.after(Position(2, 2), selector("s0,s1"), 1 << 20)) == [3, 4, 5]
+    # Retention deleted through 3: a resume there learns it from the table.
+    recent.forget_through(Position(3, 3))
+    assert recent.start == Position(3, 3) and len(recent) == 2
+    recent.reset(Position(7, 0))
+    assert len(recent) == 0 and recent.bytes == 0 and recent.covers(Position(7, 0))
+    off = Recent(0)
+    off.extend([event(1)], Position(1, 1))
+    assert len(off) == 0 and not off.covers(Position(1, 1))
+
+
+def test_load_at_start_is_whole_from_just_before_the_oldest() -> None:
+    recent = Recent(1 << 20)
+    recent.load([event(4), event(6)], Position(9, 0))
+    assert recent.start == Position(4, 3) and recent.end == Position(9, 0)
+    assert recent.covers(Position(4, 3)) and not recent.covers(Position(4, 2))
+    empty = Recent(1 << 20)
+    empty.load([], Position(9, 0))
+    assert empty.start == empty.end == Position(9, 0)
