@@ -35,7 +35,7 @@ class CatchUp:
         self.standby_poll = settings.standby_poll
         self.stats = stats
 
-    async def run(self, subscription: Subscription) -> bool:
+    async def run(self, subscription: Subscription, to_recent: bool = False) -> bool:
         """Write pages after `subscription.covered` until a page from the
         primary is not full. True: caught up to (at least) the primary's
         horizon as of that read; False: the stream ended meanwhile."""
@@ -71,7 +71,7 @@ class CatchUp:
                     subscription.signal.clear()
                     continue
                 self._write(subscription, page)
-                if page.full and self.recent.covers(subscription.covered):
+                if to_recent and page.full and self.recent.covers(subscription.covered):
                     return True  # the rest is in memory (Hub.serve reads it there)
                 if page.full:
                     ahead = self._read(subscription, replica)

@@ -308,17 +308,26 @@ class Hub:
                     return
                 if subscription.covered >= self.watermark:  # else the catch-up reads what passed
                     self._join(subscription)
+            synced = False  # recent history read after this request began
             while not subscription.closed and not self.closing:
                 if subscription.joined:
                     await subscription.signal.wait()
                     subscription.signal.clear()
                 elif live and self.recent.covers(subscription.covered):
+                    if not synced:
+                        # Retention may have deleted events since the last
+                        # shared read: a read that starts after this request
+                        # learns it (one read for a burst of resumes), so
+                        # that memory never returns what the table lost.
+                        await self.fresh_position()
+                        synced = True
+                        continue
                     # From memory, up to the watermark itself: the join
                     # follows with no await since the ring was read.
                     if await self._catch_up.from_recent(subscription) and \
                             subscription.covered >= self.watermark:
                         self._join(subscription)
-                elif await self._catch_up.run(subscription):
+                elif await self._catch_up.run(subscription, to_recent=live):
                     if not live:
                         return
                     if subscription.covered >= self.watermark:  # no await since the read
