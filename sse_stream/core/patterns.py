@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Generic, TypeVar
 
 from .errors import Refusal
@@ -114,9 +115,13 @@ def parse_pattern(text: str, param: str = "streams") -> StreamPattern:
     return StreamPattern(text, segments, re.compile(r"\.".join(parts)))
 
 
+@lru_cache(maxsize=4096)
 def parse_pattern_list(text: str, param: str = "streams",
                        limit: int = 50) -> tuple[StreamPattern, ...]:
-    """Parse a comma-separated list of patterns (duplicates removed, order kept)."""
+    """Parse a comma-separated list of patterns (duplicates removed, order kept).
+
+    Cached: thousands of streams that ask for the same streams share one
+    parsed tuple (the patterns are immutable); a refusal is not cached."""
     items = text.split(",")
     if len(items) > limit:
         raise Refusal(param, f"at most {limit} streams or patterns per subscription")

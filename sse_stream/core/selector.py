@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from .events import Event
@@ -162,3 +163,10 @@ def _streams_sql(patterns: tuple[StreamPattern, ...], bind: Callable[[Any], str]
 def _successor(prefix: str) -> str:
     """The smallest text after every text starting with `prefix` (ASCII names)."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+@lru_cache(maxsize=4096)
+def selector_sql(selector: Selector) -> SelectorSql:
+    """`selector.to_sql()`, shared by the streams that ask for the same (a
+    subscription keeps it for its catch-up reads)."""
+    return selector.to_sql()

@@ -34,7 +34,49 @@ class Backoff:
         self._next = self.first
 
 
-async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+class Signal:
+    """asyncio.Event's set, clear, is_set and wait, for one waiter at a time
+    and without Event's deque of waiters: one per open stream, so its size
+    counts (docs/scaling.md, idle streams)."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            # One waiter at a time: a cancelled wait (a timeout) cancels the
+            # future, and the next wait makes another.
+            await waiter
+        finally:
+            if waiter.done():
+                self._waiter = None
+        return True
+
+
+Waitable = asyncio.Event | Signal
+
+
+async def wait_set(event: Waitable, timeout: float) -> bool:
     """Wait until `event` is set, at most `timeout` seconds; True if it was.
     The event is left as it is (the caller clears it when it has acted)."""
     try:
@@ -45,7 +87,7 @@ async def wait_set(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
-async def wait_first(*events: asyncio.Event) -> None:
+async def wait_first(*events: Waitable) -> None:
     """Wait until one of `events` is set."""
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Protocol
 
 from ..core.events import Position
-from ..core.selector import Selector
+from ..core.selector import Selector, selector_sql
+from ..core.tasks import Signal
 from ..core.wire import Payload, gap_frame, id_frame
 
 
@@ -54,8 +54,8 @@ class Subscription:
         self.joined = False
         self.closed = False
         self.last_write = time.monotonic()
-        self.signal = asyncio.Event()  # wakes the stream's task: overflow, close
-        self.sql = selector.to_sql()
+        self.signal = Signal()  # wakes the stream's task: overflow, close
+        self.sql = selector_sql(selector)
         self.events_sent = 0
         self.bytes_sent = 0
         self.opened = time.monotonic()
