@@ -38,7 +38,8 @@ class CatchUp:
     async def run(self, subscription: Subscription, to_recent: bool = False) -> bool:
         """Write pages after `subscription.covered` until a page from the
         primary is not full. True: caught up to (at least) the primary's
-        horizon as of that read; False: the stream ended meanwhile."""
+        horizon as of that read; False: the stream ended meanwhile, or (with
+        `to_recent`) recent history covers the rest."""
         response = subscription.response
         backoff = Backoff()
         # The replica's own snapshot keeps its pages commit-safe, but a
@@ -72,7 +73,7 @@ class CatchUp:
                     continue
                 self._write(subscription, page)
                 if to_recent and page.full and self.recent.covers(subscription.covered):
-                    return True  # the rest is in memory (Hub.serve reads it there)
+                    return False  # not caught up: the rest is in memory (Hub.serve)
                 if page.full:
                     ahead = self._read(subscription, replica)
                     try:
@@ -110,7 +111,7 @@ class CatchUp:
             if not recent.covers(subscription.covered):
                 return False
             events, covered = recent.after(subscription.covered, subscription.selector,
-                                           self.page_bytes)
+                                           self.page_bytes, self.page_size)
             if events:
                 subscription.write(b"".join(event_frame(event, subscription.cloudevents)
                                             for event in events))

@@ -309,11 +309,12 @@ class Hub:
                 if subscription.covered >= self.watermark:  # else the catch-up reads what passed
                     self._join(subscription)
             synced = False  # recent history read after this request began
+            tail = False  # live=false, after memory: the table to the newest event
             while not subscription.closed and not self.closing:
                 if subscription.joined:
                     await subscription.signal.wait()
                     subscription.signal.clear()
-                elif live and self.recent.covers(subscription.covered):
+                elif not tail and self.recent.covers(subscription.covered):
                     if not synced:
                         # Retention may have deleted events since the last
                         # shared read: a read that starts after this request
@@ -323,11 +324,15 @@ class Hub:
                         synced = True
                         continue
                     # From memory, up to the watermark itself: the join
-                    # follows with no await since the ring was read.
-                    if await self._catch_up.from_recent(subscription) and \
-                            subscription.covered >= self.watermark:
-                        self._join(subscription)
-                elif await self._catch_up.run(subscription, to_recent=live):
+                    # follows with no await since the ring was read. A
+                    # live=false stream ends at the newest event instead,
+                    # which the table knows: one more table read from here.
+                    if await self._catch_up.from_recent(subscription):
+                        if not live:
+                            tail = True
+                        elif subscription.covered >= self.watermark:
+                            self._join(subscription)
+                elif await self._catch_up.run(subscription, to_recent=not tail):
                     if not live:
                         return
                     if subscription.covered >= self.watermark:  # no await since the read

@@ -129,12 +129,14 @@ class Recent:
         """Whether a catch-up from `position` can be served from memory."""
         return self.budget > 0 and self.start <= position <= self.end and position > ORIGIN
 
-    def after(self, position: Position, selector: Selector,
-              max_bytes: int) -> tuple[list[Event], Position]:
+    def after(self, position: Position, selector: Selector, max_bytes: int,
+              max_events: int = 1000) -> tuple[list[Event], Position]:
         """The events after `position` (which `covers`) that `selector`
-        matches, in order, about `max_bytes` of envelopes at most (one at
-        least), and the position up to which the ring was examined: `end`,
-        or the last event returned when the byte budget stopped it."""
+        matches, in order, at most `max_events` and about `max_bytes` of
+        envelopes (one at least), and the position up to which the ring was
+        examined: `end`, or the last event returned when a budget stopped
+        it. The event budget bounds the work of one page, done without a
+        pause of the event loop."""
         runs = self._runs(selector)
         candidates: Iterable[Event]
         if not runs:
@@ -153,7 +155,7 @@ class Recent:
                 continue
             found.append(event)
             size += len(event.envelope)
-            if size >= max_bytes:
+            if size >= max_bytes or len(found) >= max_events:
                 return found, event.position
         return found, self.end
 
