@@ -23,6 +23,7 @@ NEUTRAL = ("load_average", "load_seconds", "loadgen_", "samples", "settle_s", "o
            "published", "slack_s", "page_passes", "replays_ended", "empty_pages",
            "events_checked", "page_bytes", "churn_windows", "rss_before")
 LOWER = ("latency", "_ms", "cpu", "rss", "lost", "duplicated", "misdelivered", "failures",
+         "statements",
          "closed_early", "seconds", "worst_silence", "timeouts", "errors", "refusals", "ratio")
 HIGHER = ("per_s", "pct", "complete", "kept", "on_time", "exact", "delivered")
 

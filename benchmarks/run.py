@@ -1,7 +1,7 @@
 """sse-stream benchmarks: `python benchmarks/run.py SCENARIO [options]`.
 
-Scenarios: fanout, filtered, peruser, idle, replay, page, churn, hostile,
-webhooks, one module each in benchmarks/scenarios/ (`run.py SCENARIO --help`
+Scenarios: fanout, filtered, peruser, idle, replay, page, churn, reconnect, hostile,
+webhooks, standby, one module each in benchmarks/scenarios/ (`run.py SCENARIO --help`
 gives a scenario's details and options; benchmarks/README.md the overview).
 Each starts its own `sse-stream serve` process on 127.0.0.1 (and, without
 --dsn, its own embedded PostgreSQL with fsync off), runs for a bounded time,
@@ -37,10 +37,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SERVER_PYTHON_ENV, SERVER_SRC_ENV
 from loadgen import raise_open_files
-from scenarios import churn, fanout, hostile, idle, page, peruser, replay, webhooks
+from scenarios import (
+    churn,
+    fanout,
+    hostile,
+    idle,
+    page,
+    peruser,
+    reconnect,
+    replay,
+    standby,
+    webhooks,
+)
 
 # In the order of `run.py --help`; fanout declares filtered too.
-SCENARIOS = (fanout, peruser, idle, replay, page, churn, hostile, webhooks)
+SCENARIOS = (fanout, peruser, idle, replay, page, churn, reconnect, hostile, webhooks, standby)
 
 
 def build_parser() -> argparse.ArgumentParser:
