@@ -34,7 +34,7 @@ from sse_stream.core.patterns import SubjectTree, parse_pattern
 from sse_stream.core.settings import Settings
 from sse_stream.db.embedded import EmbeddedPostgres
 from sse_stream.db.migrate import migrate_dsn
-from sse_stream.db.pages import _row_events
+from sse_stream.db.pages import row_events
 from sse_stream.db.retention import prune
 from sse_stream.db.store import EventStore
 from sse_stream.web.app import create_app
@@ -186,7 +186,7 @@ def test_a_row_that_cannot_be_built_is_skipped_and_counted() -> None:
                 "created_at": "2026-01-01T00:00:00Z", "epoch": 0.0}
 
     skipped = [0]
-    events = _row_events([row(1, "a"), row(2, None), row(3, "a")], skipped)  # type: ignore[list-item]
+    events = row_events([row(1, "a"), row(2, None), row(3, "a")], skipped)  # type: ignore[list-item]
     assert [e.id for e in events] == [1, 3] and skipped == [1]
 
 

@@ -43,6 +43,34 @@ def test_a_resume_gets_its_streams_in_order_filtered_as_live() -> None:
     found, covered = recent.after(Position(0, 9), selector(">"), 1)
     assert [e.id for e in found] == [1] and covered == Position(1, 1)
     assert recent.after(Position(0, 9), selector("nothing"), 1) == ([], Position(5, 99))
+    assert recent.after(Position(0, 9), selector("nothing.*"), 1) == ([], Position(5, 99))
+
+
+def test_a_page_examines_a_bounded_number_of_events() -> None:
+    """A selective resume stops after `max_scan` events examined, covering
+    up to the last one: a wildcard walks the ring in order, exact names
+    walk only their streams (where a data filter may refuse many)."""
+    recent = Recent(1 << 20)
+    recent.reset(Position(0, 0))
+    recent.extend([event(n, "a" if n == 7 else "b", data=f'{{"k": {n}}}')
+                   for n in range(1, 11)], Position(10, 99))
+    found, covered = recent.after(Position(0, 0), selector("a.*,a"), 1 << 20, max_scan=3)
+    assert found == [] and covered == Position(3, 3)
+    found, covered = recent.after(Position(0, 0), selector("b", ("data.k", "eq.9")), 1 << 20,
+                                  max_scan=3)
+    assert found == [] and covered == Position(3, 3)
+    # Exact names examine only their own streams' events.
+    found, covered = recent.after(Position(0, 0), selector("a"), 1 << 20, max_scan=3)
+    assert [e.id for e in found] == [7] and covered == Position(10, 99)
+    # Walking page after page reaches every match, in order.
+    for streams, filters, expected in (("a.*,a,b", [("data.k", "in.(2,7)")], [2, 7]),
+                                       ("b", [("data.k", "eq.9")], [9])):
+        position, got = Position(0, 0), []
+        while position < recent.end:
+            found, position = recent.after(position, selector(streams, *filters), 1 << 20,
+                                           max_scan=3)
+            got += [e.id for e in found]
+        assert got == expected, streams
 
 
 def test_the_budget_evicts_the_oldest_and_moves_the_start() -> None:

@@ -77,7 +77,7 @@ class Published:
     fingerprint: bytes | None
 
 
-def _row_events(rows: Sequence[asyncpg.Record], skipped: list[int]) -> list[Event]:
+def row_events(rows: Sequence[asyncpg.Record], skipped: list[int]) -> list[Event]:
     """The events of a page's rows, in order, up to the first row that came
     without its data (past the page's byte budget)."""
     events = []

@@ -21,10 +21,10 @@ from ..core.errors import DatabaseUnavailable, Refusal
 from ..core.events import Event, Position
 from ..core.selector import SelectorSql
 from .capacity import Capacity, StoreLimits
-from .pages import Frames, Page, Published, _row_events, lsn_number
+from .pages import Frames, Page, Published, lsn_number, row_events
+from .queries import query
 
 __all__ = ["APPLICATION_NAME", "EventStore", "Frames", "Page", "Published"]
-from .queries import query
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class EventStore:
         found = await self._live_fetch(query("read_recent"), rows, budget, overhead)
         horizon = Position.after_horizon(found[0]["xmin"])
         skipped = [0]
-        events = _row_events([r for r in found if r["id"] is not None], skipped)
+        events = row_events([r for r in found if r["id"] is not None], skipped)
         self.skipped_rows += skipped[0]
         return events, horizon
 
@@ -245,7 +245,7 @@ class EventStore:
             return Page([], Position.after_horizon(xmin), False, False, pruned, future=True)
         skipped = [0]
         rows = rows if head["id"] is not None else []
-        events = _row_events(rows, skipped)
+        events = row_events(rows, skipped)
         self.skipped_rows += skipped[0]
         full = len(rows) == limit or len(events) + skipped[0] < len(rows)
         if full:

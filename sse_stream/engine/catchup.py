@@ -32,6 +32,7 @@ class CatchUp:
         self.recent = recent
         self.page_bytes = settings.page_bytes
         self.page_size = settings.replay_page_size
+        self.scan_rows = settings.scan_rows
         self.standby_poll = settings.standby_poll
         self.stats = stats
 
@@ -111,7 +112,7 @@ class CatchUp:
             if not recent.covers(subscription.covered):
                 return False
             events, covered = recent.after(subscription.covered, subscription.selector,
-                                           self.page_bytes, self.page_size)
+                                           self.page_bytes, self.page_size, self.scan_rows)
             if events:
                 subscription.write(b"".join(event_frame(event, subscription.cloudevents)
                                             for event in events))

@@ -11,9 +11,10 @@ same pages the live streams get, so it holds no event a table read after
 (Hub._join). The oldest events leave when the ring passes its budget, when
 retention prunes them, and all of them when the hub's read jumps (a gap).
 
-Lookups: one list in stream order (eviction) and one per stream (a catch-up
-reads only its streams' events, found by bisection on position), so the
-work of a resume follows the events it can match, not the whole ring.
+Lookups: one list in stream order (eviction, and resumes with a wildcard)
+and one per stream (a resume of exact stream names reads only their events,
+found by bisection on position). A page examines a bounded number of events
+(`after`), so no resume holds the event loop for long.
 """
 
 from __future__ import annotations
@@ -130,44 +131,50 @@ class Recent:
         return self.budget > 0 and self.start <= position <= self.end and position > ORIGIN
 
     def after(self, position: Position, selector: Selector, max_bytes: int,
-              max_events: int = 1000) -> tuple[list[Event], Position]:
+              max_events: int = 1000, max_scan: int = 10_000) -> tuple[list[Event], Position]:
         """The events after `position` (which `covers`) that `selector`
         matches, in order, at most `max_events` and about `max_bytes` of
         envelopes (one at least), and the position up to which the ring was
-        examined: `end`, or the last event returned when a budget stopped
-        it. The event budget bounds the work of one page, done without a
-        pause of the event loop."""
-        runs = self._runs(selector)
+        examined: `end`, or the last event examined when a budget stopped
+        it. At most `max_scan` events are examined, as a table page
+        examines at most --scan-rows: the work of one page, done without a
+        pause of the event loop, stays bounded whatever the selector.
+
+        Exact stream names read only their streams' events; a selector with
+        a wildcard reads the ring in order, testing each event's stream (a
+        walk over every stream name instead would cost as many tests as the
+        ring has streams, per page)."""
         candidates: Iterable[Event]
-        if not runs:
-            return [], self.end
-        if len(runs) == 1:
-            candidates = runs[0].after(position)
+        if all(pattern.is_exact for pattern in selector.patterns):
+            runs = [run for run in map(self._streams.get, dict.fromkeys(
+                pattern.text for pattern in selector.patterns)) if run is not None]
+            if not runs:
+                return [], self.end
+            candidates = runs[0].after(position) if len(runs) == 1 else \
+                heapq.merge(*(run.after(position) for run in runs), key=_position)
+            streams: dict[str, bool] | None = None
         else:
-            candidates = heapq.merge(*(run.after(position) for run in runs), key=_position)
+            candidates = self._all.after(position)
+            streams = {}  # stream name -> whether the selector asks for it
         found: list[Event] = []
-        size = 0
+        size = examined = 0
         for event in candidates:
+            examined += 1
+            if streams is not None:
+                wanted = streams.get(event.stream)
+                if wanted is None:
+                    wanted = streams[event.stream] = selector.matches_stream(event.stream)
+            else:
+                wanted = True
             try:
-                if not selector.accepts(event):
-                    continue
-            except Exception:  # a test that raises counts as no match, as live
-                continue
-            found.append(event)
-            size += len(event.envelope)
-            if size >= max_bytes or len(found) >= max_events:
+                # A test that raises counts as no match, as live.
+                accepted = wanted and selector.accepts(event)
+            except Exception:
+                accepted = False
+            if accepted:
+                found.append(event)
+                size += len(event.envelope)
+            if (accepted and (size >= max_bytes or len(found) >= max_events)) \
+                    or examined >= max_scan:
                 return found, event.position
         return found, self.end
-
-    def _runs(self, selector: Selector) -> list[_Run]:
-        runs: dict[str, _Run] = {}
-        for pattern in selector.patterns:
-            if pattern.is_exact:
-                run = self._streams.get(pattern.text)
-                if run is not None:
-                    runs[pattern.text] = run
-            else:
-                for stream, run in self._streams.items():
-                    if stream not in runs and pattern.matches(stream):
-                        runs[stream] = run
-        return list(runs.values())
