@@ -162,7 +162,9 @@ async def server(setup: Setup, *extra: str, profile: str | None = None
         print(f"server pid {process.pid} on 127.0.0.1:{process.port}", file=sys.stderr)
         if profile:
             raw = ["--format", "raw"] if profile.endswith(".txt") else []
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(process.pid), "--rate", "200",
+            # The venv's own py-spy when the venv is not on PATH.
+            spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            spy = subprocess.Popen([spy_bin, "record", "--pid", str(process.pid), "--rate", "200",
                                     "-o", profile, *raw], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         yield process
