@@ -450,10 +450,9 @@ async def test_the_ring_evicts_while_a_catch_up_walks_it(harness: Harness) -> No
 
 def _cost() -> int:
     """What one scripted event costs the ring."""
-    from sse_stream.engine.recent import EVENT_OVERHEAD
+    from sse_stream.engine.recent import cost, entry
 
-    envelope = Event.from_row(1, 1, "s", "t", b'{"n": 1}', "2024-01-01T00:00:00Z", 0.0).envelope
-    return len(envelope) * 2 + EVENT_OVERHEAD
+    return cost(entry(Event.from_row(1, 1, "s", "t", b'{"n": 1}', "2024-01-01T00:00:00Z", 0.0)))
 
 
 async def test_a_restarted_hub_starts_with_recent_history(harness: Harness) -> None:

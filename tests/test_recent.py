@@ -3,11 +3,14 @@ resume gets from it, and that it keeps to its budget."""
 
 from __future__ import annotations
 
+import gc
+
 from sse_stream.core.events import ORIGIN, Event, Position
 from sse_stream.core.filter_syntax import parse_data_filters
 from sse_stream.core.patterns import parse_pattern_list, parse_type_filter
 from sse_stream.core.selector import Selector
-from sse_stream.engine.recent import EVENT_OVERHEAD, Recent
+from sse_stream.core.wire import event_frame
+from sse_stream.engine.recent import EVENT_OVERHEAD, Entry, Recent, event_of, frame_of, position_of
 
 
 def event(n: int, stream: str = "s", type_: str = "t", data: str = "{}") -> Event:
@@ -20,8 +23,8 @@ def selector(streams: str, *filters: tuple[str, str], types: list[str] | None = 
                     parse_data_filters(list(filters)))
 
 
-def numbers(found: tuple[list[Event], Position]) -> list[int]:
-    return [e.id for e in found[0]]
+def numbers(found: tuple[list[Entry], Position]) -> list[int]:
+    return [position_of(item).id for item in found[0]]
 
 
 def test_a_resume_gets_its_streams_in_order_filtered_as_live() -> None:
@@ -41,7 +44,7 @@ def test_a_resume_gets_its_streams_in_order_filtered_as_live() -> None:
         [1, 2, 3, 5]
     # A page ends at the byte budget, covering up to its last event.
     found, covered = recent.after(Position(0, 9), selector(">"), 1)
-    assert [e.id for e in found] == [1] and covered == Position(1, 1)
+    assert numbers((found, covered)) == [1] and covered == Position(1, 1)
     assert recent.after(Position(0, 9), selector("nothing"), 1) == ([], Position(5, 99))
     assert recent.after(Position(0, 9), selector("nothing.*"), 1) == ([], Position(5, 99))
 
@@ -61,7 +64,7 @@ def test_a_page_examines_a_bounded_number_of_events() -> None:
     assert found == [] and covered == Position(3, 3)
     # Exact names examine only their own streams' events.
     found, covered = recent.after(Position(0, 0), selector("a"), 1 << 20, max_scan=3)
-    assert [e.id for e in found] == [7] and covered == Position(10, 99)
+    assert numbers((found, covered)) == [7] and covered == Position(10, 99)
     # Walking page after page reaches every match, in order.
     for streams, filters, expected in (("a.*,a,b", [("data.k", "in.(2,7)")], [2, 7]),
                                        ("b", [("data.k", "eq.9")], [9])):
@@ -69,12 +72,12 @@ def test_a_page_examines_a_bounded_number_of_events() -> None:
         while position < recent.end:
             found, position = recent.after(position, selector(streams, *filters), 1 << 20,
                                            max_scan=3)
-            got += [e.id for e in found]
+            got += numbers((found, position))
         assert got == expected, streams
 
 
 def test_the_budget_evicts_the_oldest_and_moves_the_start() -> None:
-    cost = len(event(1, "s0").envelope) * 2 + EVENT_OVERHEAD
+    cost = len(b"{}") * 2 + EVENT_OVERHEAD
     recent = Recent(3 * cost)
     recent.reset(Position(0, 0))
     recent.extend([event(n, f"s{n % 2}") for n in range(1, 6)], Position(5, 99))
@@ -100,3 +103,21 @@ def test_load_at_start_is_whole_from_just_before_the_oldest() -> None:
     empty = Recent(1 << 20)
     empty.load([], Position(9, 0))
     assert empty.start == empty.end == Position(9, 0)
+
+
+def test_entries_give_back_the_event_and_its_frames_and_leave_the_collector() -> None:
+    """What a resume from memory writes is what live delivery writes, in
+    either form, and the ring's entries cost full collections nothing: the
+    collector stops tracking them (Events it would walk every time)."""
+    recent = Recent(1 << 20)
+    recent.reset(Position(0, 0))
+    original = event(3, "a", "u", '{"k": [1, {"x": "y"}]}')
+    recent.extend([original], Position(3, 99))
+    [item], _ = recent.after(Position(0, 0), selector("a"), 1 << 20)
+    again = event_of(item)
+    assert (again.position, again.stream, again.type, again.data, again.created_at) == \
+        (original.position, original.stream, original.type, original.data, original.created_at)
+    assert frame_of(item, False) == event_frame(event(3, "a", "u", '{"k": [1, {"x": "y"}]}'))
+    assert frame_of(item, True) == event_frame(original, True)
+    gc.collect()
+    assert not gc.is_tracked(item)

@@ -19,9 +19,8 @@ from ..core.events import ORIGIN
 from ..core.settings import Settings
 from ..core.stats import HubStats
 from ..core.tasks import Backoff, wait_set
-from ..core.wire import event_frame
 from ..db.store import EventStore, Frames
-from .recent import Recent
+from .recent import Recent, frame_of, position_of
 from .subscription import Subscription
 
 
@@ -111,15 +110,15 @@ class CatchUp:
                 return False
             if not recent.covers(subscription.covered):
                 return False
-            events, covered = recent.after(subscription.covered, subscription.selector,
-                                           self.page_bytes, self.page_size, self.scan_rows)
-            if events:
-                subscription.write(b"".join(event_frame(event, subscription.cloudevents)
-                                            for event in events))
-                subscription.last_id = events[-1].position
-                subscription.events_sent += len(events)
-                self.stats.replayed += len(events)
-                self.stats.replayed_recent += len(events)
+            found, covered = recent.after(subscription.covered, subscription.selector,
+                                          self.page_bytes, self.page_size, self.scan_rows)
+            if found:
+                cloudevents = subscription.cloudevents
+                subscription.write(b"".join(frame_of(item, cloudevents) for item in found))
+                subscription.last_id = position_of(found[-1])
+                subscription.events_sent += len(found)
+                self.stats.replayed += len(found)
+                self.stats.replayed_recent += len(found)
             subscription.covered = max(subscription.covered, covered)
             if covered >= recent.end:
                 if subscription.covered > subscription.last_id:

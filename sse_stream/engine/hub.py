@@ -23,7 +23,6 @@ waited for: the primary's own view tells it from a replaced cluster.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -144,13 +143,6 @@ class Hub:
             events, self.watermark = await self.store.read_recent(
                 recent.budget // EVENT_OVERHEAD, recent.budget, EVENT_OVERHEAD)
             recent.load(events, self.watermark)
-            if events:
-                # History read at start lives long: collect what garbage there
-                # is, then freeze the heap, so that full collections do not
-                # walk these events again and again (a pause of the loop each:
-                # tests/test_lag.py). No client is served yet.
-                gc.collect()
-                gc.freeze()
         else:
             self.watermark = await self.store.horizon()
             recent.reset(self.watermark)

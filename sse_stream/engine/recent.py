@@ -15,6 +15,13 @@ Lookups: one list in stream order (eviction, and resumes with a wildcard)
 and one per stream (a resume of exact stream names reads only their events,
 found by bisection on position). A page examines a bounded number of events
 (`after`), so no resume holds the event loop for long.
+
+The ring holds entries, not Events: an entry is a plain tuple of an event's
+atoms (ints, strings, bytes, a float) and its frame, which the collector
+stops tracking the first time it sees it. A full ring of Events (objects
+and Positions, which it tracks for good) made every full collection walk
+them all: 20-30 ms per 100,000 events, a pause of the event loop for every
+stream each time the ring's new events added up to a quarter of the heap.
 """
 
 from __future__ import annotations
@@ -22,17 +29,52 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
+from typing import Final
 
 from ..core.events import ORIGIN, Event, Position
 from ..core.selector import Selector
+from ..core.wire import event_frame
 
-# What an event costs here besides its envelope: the Event object, its
-# fields and its frame (built once, for the live streams or a resume).
+# What an event costs here besides twice its data (in its frame, and as
+# the data filters' text): the entry, its fields and the frame's framing.
+# read_recent (sql/queries.sql) counts the same.
 EVENT_OVERHEAD = 400
 
+# An entry: (xid, id, stream, type, data, created_at, created_epoch, frame).
+# An exact tuple, never a subclass (a NamedTuple stays tracked).
+Entry = tuple[int, int, str, str, bytes, str, float, bytes]
+STREAM: Final = 2
+TYPE: Final = 3
+DATA: Final = 4
+FRAME: Final = 7
+_position = itemgetter(0, 1)  # an entry's position, as a plain tuple
 
-def _position(event: Event) -> Position:
-    return event.position
+
+def entry(event: Event) -> Entry:
+    """What the ring keeps of an event: its fields and its frame (built
+    here, once, and found cached by the live streams of the same page)."""
+    return (event.position.xid, event.id, event.stream, event.type, event.raw_data,
+            event.created_at, event.created_epoch, event_frame(event))
+
+
+def position_of(item: Entry) -> Position:
+    return Position(item[0], item[1])
+
+
+def event_of(item: Entry) -> Event:
+    """The Event again, for a data filter or another frame."""
+    event = Event.from_row(*item[:FRAME])
+    event.frame = item[FRAME]
+    return event
+
+
+def frame_of(item: Entry, cloudevents: bool) -> bytes:
+    return event_frame(event_of(item), True) if cloudevents else item[FRAME]
+
+
+def cost(item: Entry) -> int:
+    return 2 * len(item[DATA]) + EVENT_OVERHEAD
 
 
 class _Run:
@@ -42,13 +84,13 @@ class _Run:
     __slots__ = ("events", "head")
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[Entry] = []
         self.head = 0
 
     def __len__(self) -> int:
         return len(self.events) - self.head
 
-    def first(self) -> Event:
+    def first(self) -> Entry:
         return self.events[self.head]
 
     def drop_first(self) -> None:
@@ -59,7 +101,7 @@ class _Run:
             del self.events[:self.head]
             self.head = 0
 
-    def after(self, position: Position) -> Iterator[Event]:
+    def after(self, position: Position) -> Iterator[Entry]:
         events = self.events
         index = bisect_right(events, position, lo=self.head, key=_position)
         return (events[i] for i in range(index, len(events)))
@@ -99,12 +141,13 @@ class Recent:
             self.start = self.end = covered
             return
         for event in events:
-            self._all.events.append(event)
+            item = entry(event)
+            self._all.events.append(item)
             run = self._streams.get(event.stream)
             if run is None:
                 run = self._streams[event.stream] = _Run()
-            run.events.append(event)
-            self.bytes += len(event.envelope) * 2 + EVENT_OVERHEAD
+            run.events.append(item)
+            self.bytes += cost(item)
         self.end = covered
         while self.bytes > self.budget and len(self._all):
             self._evict()
@@ -112,39 +155,40 @@ class Recent:
     def forget_through(self, position: Position) -> None:
         """Retention deleted everything up to `position` from the table: a
         resume there must learn it from a table read (sse.gap)."""
-        while len(self._all) and self._all.first().position <= position:
+        while len(self._all) and _position(self._all.first()) <= position:
             self._evict()
         self.start = max(self.start, min(position, self.end))
 
     def _evict(self) -> None:
-        event = self._all.first()
+        item = self._all.first()
         self._all.drop_first()
-        run = self._streams[event.stream]
+        run = self._streams[item[STREAM]]
         run.drop_first()
         if not len(run):
-            del self._streams[event.stream]
-        self.bytes -= len(event.envelope) * 2 + EVENT_OVERHEAD
-        self.start = event.position
+            del self._streams[item[STREAM]]
+        self.bytes -= cost(item)
+        self.start = position_of(item)
 
     def covers(self, position: Position) -> bool:
         """Whether a catch-up from `position` can be served from memory."""
         return self.budget > 0 and self.start <= position <= self.end and position > ORIGIN
 
     def after(self, position: Position, selector: Selector, max_bytes: int,
-              max_events: int = 1000, max_scan: int = 10_000) -> tuple[list[Event], Position]:
-        """The events after `position` (which `covers`) that `selector`
+              max_events: int = 1000, max_scan: int = 10_000) -> tuple[list[Entry], Position]:
+        """The entries after `position` (which `covers`) that `selector`
         matches, in order, at most `max_events` and about `max_bytes` of
-        envelopes (one at least), and the position up to which the ring was
-        examined: `end`, or the last event examined when a budget stopped
-        it. At most `max_scan` events are examined, as a table page
+        frames (one at least), and the position up to which the ring was
+        examined: `end`, or the last entry examined when a budget stopped
+        it. At most `max_scan` entries are examined, as a table page
         examines at most --scan-rows: the work of one page, done without a
         pause of the event loop, stays bounded whatever the selector.
 
-        Exact stream names read only their streams' events; a selector with
-        a wildcard reads the ring in order, testing each event's stream (a
-        walk over every stream name instead would cost as many tests as the
-        ring has streams, per page)."""
-        candidates: Iterable[Event]
+        Exact stream names read only their streams' entries; a selector
+        with a wildcard reads the ring in order, testing each entry's stream
+        (a walk over every stream name instead would cost as many tests as
+        the ring has streams, per page). An Event is made again only for a
+        data filter to test."""
+        candidates: Iterable[Entry]
         if all(pattern.is_exact for pattern in selector.patterns):
             runs = [run for run in map(self._streams.get, dict.fromkeys(
                 pattern.text for pattern in selector.patterns)) if run is not None]
@@ -156,25 +200,31 @@ class Recent:
         else:
             candidates = self._all.after(position)
             streams = {}  # stream name -> whether the selector asks for it
-        found: list[Event] = []
+        types, by_data = selector.types, selector.data is not None or bool(selector.parts)
+        found: list[Entry] = []
         size = examined = 0
-        for event in candidates:
+        for item in candidates:
             examined += 1
             if streams is not None:
-                wanted = streams.get(event.stream)
+                wanted = streams.get(item[STREAM])
                 if wanted is None:
-                    wanted = streams[event.stream] = selector.matches_stream(event.stream)
+                    wanted = streams[item[STREAM]] = selector.matches_stream(item[STREAM])
             else:
                 wanted = True
-            try:
-                # A test that raises counts as no match, as live.
-                accepted = wanted and selector.accepts(event)
-            except Exception:
+            if not wanted:
                 accepted = False
+            elif by_data:
+                try:
+                    # A test that raises counts as no match, as live.
+                    accepted = selector.accepts(event_of(item))
+                except Exception:
+                    accepted = False
+            else:
+                accepted = types is None or types.matches(item[TYPE])
             if accepted:
-                found.append(event)
-                size += len(event.envelope)
+                found.append(item)
+                size += len(item[FRAME])
             if (accepted and (size >= max_bytes or len(found) >= max_events)) \
                     or examined >= max_scan:
-                return found, event.position
+                return found, position_of(item)
         return found, self.end
