@@ -92,7 +92,12 @@ class Settings:
     heartbeat: float = _field(15.0, "seconds of silence before a keepalive", SECONDS)
     retry: int = _field(2000, "reconnect delay sent to clients, in ms", Whole(0))
     poll_interval: float = _field(1.0, "seconds between reads when no NOTIFY arrives", SECONDS)
-    coalesce_window: float = _field(0.003, "while commits arrive faster, the shared read runs "
+    # 10 ms, not 3: with one event per commit a read's fixed cost (its round
+    # trip, the notification, the timers: ~200 µs) was most of a delivery's;
+    # at 500 commits/s a read then carries about five instead of one or two
+    # (peruser --mode stream: 0.58x the CPU per delivery, p50 +4 ms;
+    # docs/scaling.md, "Wake-ups").
+    coalesce_window: float = _field(0.010, "while commits arrive faster, the shared read runs "
                                     "at most once per window (0: on every doorbell)", SECONDS)
     # Each page is decoded and fanned out in one go, without yielding the
     # loop: 1000 rows cost up to 65 ms under load and stalled heartbeats when
