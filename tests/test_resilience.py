@@ -7,9 +7,11 @@ import asyncio
 import aiohttp
 import asyncpg
 from sse import envelope, open_stream
-from support import StartServer, eventually, publish
+from support import StartServer, app_servers, eventually, publish
 
+from sse_stream.core.settings import Settings
 from sse_stream.db.embedded import EmbeddedPostgres
+from sse_stream.db.store import WARM_UP
 from sse_stream.web.handlers import HUB, LISTENER
 
 
@@ -106,3 +108,19 @@ async def test_one_shared_read_per_wakeup(start_server: StartServer, db: asyncpg
     # wake-up per event: never one query per subscriber per event.
     assert read_count == wakeup_count
     assert read_count <= 150
+
+
+async def test_the_read_pool_is_open_before_the_first_resume(fresh_dsn: str) -> None:
+    """The app opens the read pool's first connection at start: the first
+    resumes after a restart do not each wait for one to authenticate."""
+    async with app_servers() as start:
+        await start(Settings(dsn=fresh_dsn, heartbeat=15.0))
+        db = await asyncpg.connect(fresh_dsn)
+        try:
+            async def warm() -> bool:
+                return await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state = 'idle' AND query = $1", WARM_UP) == 1
+            await eventually(warm, message="no idle read connection after start")
+        finally:
+            await db.close()

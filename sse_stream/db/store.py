@@ -66,6 +66,10 @@ def _pruned(row: asyncpg.Record) -> Position | None:
     return None if row["pruned_xid"] is None else Position(row["pruned_xid"], row["pruned_id"])
 
 
+# Named, so that pg_stat_activity tells it from the listener's keepalive.
+WARM_UP = "SELECT 1 -- sse-stream: read pool warm-up"
+
+
 async def _reset(connection: asyncpg.Connection) -> None:
     """Make a released connection fit for the next query, without a round trip.
 
@@ -132,6 +136,18 @@ class EventStore:
         self._background = await self._pool(self.dsn, limits.background_connections)
         if self.replica_dsn:
             self._replica = await self._pool(self.replica_dsn, limits.read_connections)
+
+    async def warm(self) -> None:
+        """Open the read pool's first connection now, not on the first
+        catch-up: after a restart the first resumes (a storm of them) do not
+        each wait for a connection's authentication and setup (`serve` calls
+        this at start, in the background). A database that is down is no
+        error here: the pool opens connections on demand anyway."""
+        try:
+            async with self._connection(self._reads) as connection:
+                await connection.execute(WARM_UP)
+        except DatabaseUnavailable:
+            pass
 
     async def close(self) -> None:
         if self._live is not None:
@@ -218,16 +234,20 @@ class EventStore:
         return self.live_dsn is not None and await self.handed_out(after)
 
     async def read_recent(self, rows: int, budget: int,
-                          overhead: int) -> tuple[list[Event], Position]:
+                          overhead: int) -> tuple[list[Event], Position, bool]:
         """The newest final events, oldest first (at most `rows`, about
-        `budget` bytes counting `overhead` per event), and the horizon they
-        are final below: what recent history starts with."""
+        `budget` bytes counting `overhead` per event), the horizon they are
+        final below, and whether they are all the final events there are
+        (none left out by a limit, none unreadable): what recent history
+        starts with."""
         found = await self._live_fetch(query("read_recent"), rows, budget, overhead)
         horizon = Position.after_horizon(found[0]["xmin"])
+        found = [r for r in found if r["id"] is not None]
         skipped = [0]
-        events = row_events([r for r in found if r["id"] is not None], skipped)
+        events = row_events(found, skipped)
         self.skipped_rows += skipped[0]
-        return events, horizon
+        whole = not found or (found[0]["selected"] == len(found) < rows and not skipped[0])
+        return events, horizon, whole
 
     async def read_live(self, after: Position, limit: int) -> Page:
         """The shared read of a wake-up: the final events after `after`."""

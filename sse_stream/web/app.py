@@ -84,6 +84,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         retention.start()
     pruning = asyncio.create_task(_prune_idempotency_keys(store, settings.idempotency_ttl),
                                   name="sse-stream idempotency keys")
+    warming = asyncio.create_task(store.warm(), name="sse-stream read pool")
     # The JWKS (--jwks-url): fetched now and kept fresh by a task of its own.
     verifier = app[ACCESS].verifier
     keys = verifier.keys if verifier is not None else None
@@ -95,6 +96,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         live_objects.clear()
 
         async def stop_pruning() -> None:
+            await cancel_and_wait(warming)
             await cancel_and_wait(pruning)
 
         steps = [stop_pruning, hub.stop, store.close]
