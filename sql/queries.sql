@@ -71,16 +71,19 @@ LEFT JOIN LATERAL (
 -- bytes in all, counted as recent history counts them), oldest first, and
 -- the snapshot's xmin they are final below: recent history is then whole
 -- from before the oldest of them up to the watermark (engine/recent.py).
+-- `selected` is how many rows the limit let through before the byte budget:
+-- fewer than $1, all returned, and these are every final event there is.
 SELECT h.xmin::text::bigint AS xmin, e.xid, e.id, e.stream, e.type, e.data, e.created_at,
-       e.epoch
+       e.epoch, e.selected
 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) h
 LEFT JOIN LATERAL (
     SELECT w.xid::text::bigint AS xid, w.id, w.stream, w.type, convert_to(w.data, 'UTF8') AS data,
            sse_stream.time_text(w.created_at) AS created_at,
-           extract(epoch FROM w.created_at)::float8 AS epoch
+           extract(epoch FROM w.created_at)::float8 AS epoch, w.selected
     FROM (
         SELECT p.*, sum(2 * octet_length(p.data) + $3) OVER (ORDER BY p.xid DESC, p.id DESC
-                                                             ROWS UNBOUNDED PRECEDING) AS running
+                                                             ROWS UNBOUNDED PRECEDING) AS running,
+               count(*) OVER () AS selected
         FROM (
             SELECT ev.xid, ev.id, ev.stream, ev.type, ev.data::text AS data, ev.created_at
             FROM sse_stream.events ev

@@ -111,10 +111,11 @@ class ScriptedStore:
         return Position.after_horizon(self.xmin)
 
     async def read_recent(self, rows: int, budget: int,
-                          overhead: int) -> tuple[list[Event], Position]:
-        """The newest final events (all, here) and the horizon."""
-        final = [e for e in self.events if e.position.xid < self.xmin][-rows:]
-        return final, Position.after_horizon(self.xmin)
+                          overhead: int) -> tuple[list[Event], Position, bool]:
+        """The newest final events (all, up to `rows`), the horizon, and
+        whether they are all there are."""
+        final = [e for e in self.events if e.position.xid < self.xmin]
+        return final[-rows:], Position.after_horizon(self.xmin), len(final) < rows
 
     async def read_live(self, after: Position, limit: int) -> Page:
         self.live_started += 1
@@ -472,3 +473,23 @@ async def test_a_restarted_hub_starts_with_recent_history(harness: Harness) -> N
     await until(lambda: early.joined)
     assert [f for f in before.frames() if isinstance(f, int)] == [1, 2, 3, 4]
     assert store.selected == [(Position(0, 5), False)]
+
+
+async def test_a_resume_from_0_reads_memory_while_it_holds_every_event(
+        harness: Harness) -> None:
+    """History read whole at start serves a resume from 0 ("from the oldest
+    retained") from memory; after the first eviction, 0 reads the table."""
+    store = ScriptedStore()
+    store.commit(1, 2, 3)
+    hub = await harness.start(store, recent_bytes=4 * _cost())
+    assert hub.recent.whole
+    sub, response, _ = harness.serve(ORIGIN)
+    await until(lambda: sub.joined)
+    assert response.frames() == [1, 2, 3, mark(3)] and store.selected == []
+    store.commit(4, 5)  # five events in a ring of four: the oldest leaves
+    await harness.flush()
+    assert not hub.recent.whole and hub.recent.start == Position(1, 1)
+    later, again, _ = harness.serve(ORIGIN)
+    await until(lambda: later.joined)
+    assert [f for f in again.frames() if isinstance(f, int)] == [1, 2, 3, 4, 5]
+    assert store.selected[0] == (ORIGIN, False)

@@ -103,6 +103,16 @@ def test_load_at_start_is_whole_from_just_before_the_oldest() -> None:
     empty = Recent(1 << 20)
     empty.load([], Position(9, 0))
     assert empty.start == empty.end == Position(9, 0)
+    # Every event there is: 0 ("from the oldest retained") is covered, through
+    # retention's cuts, until an eviction; never a position before the start.
+    assert not recent.covers(ORIGIN)
+    every = Recent(3 * (2 * len(b"{}") + EVENT_OVERHEAD))
+    every.load([event(4), event(6)], Position(9, 0), every=True)
+    assert every.covers(ORIGIN) and not every.covers(Position(1, 1))
+    every.forget_through(Position(4, 4))
+    assert every.covers(ORIGIN) and numbers(every.after(ORIGIN, selector("s"), 1 << 20)) == [6]
+    every.extend([event(10), event(11), event(12)], Position(12, 99))
+    assert not every.covers(ORIGIN) and every.start == Position(6, 6)
 
 
 def test_entries_give_back_the_event_and_its_frames_and_leave_the_collector() -> None:

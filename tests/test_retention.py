@@ -16,6 +16,7 @@ from support import ROOT, old_events, position_of, publish, table_ids
 
 from sse_stream.core.settings import Settings, parse_duration
 from sse_stream.web.app import create_app
+from sse_stream.web.handlers import HUB
 
 STREAM = "orders"
 
@@ -92,10 +93,14 @@ async def test_gap_event_then_the_rest_and_no_gap_from_zero(fresh_dsn: str) -> N
             rest += await sse.take(1)
         assert [envelope(m)["id"] for m in rest] == kept + [live]
 
-        # 0 is "from the oldest retained event": no gap.
+        # 0 is "from the oldest retained event": no gap. Recent history read
+        # at start held every event, and retention's cut as well: memory.
+        hub = server.app[HUB]
+        from_memory = hub.stats.replayed_recent
         async with open_stream(url + "?last_event_id=0&live=false") as sse:
             messages = await sse.rest()
         assert [m.event for m in messages] == ["new"] * 3
+        assert hub.recent.whole and hub.stats.replayed_recent == from_memory + 3
         # A position after the pruned one: no gap either.
         after = await position_of(connection, kept[0])
         async with open_stream(url + f"?last_event_id={after}&live=false") as sse:
@@ -110,6 +115,32 @@ async def test_gap_event_then_the_rest_and_no_gap_from_zero(fresh_dsn: str) -> N
         assert page["gap"] == {"requested_after": old[5], "resumed_after": old[-1]}
         assert [e["id"] for e in page["events"]] == kept + [live]
         assert "gap" not in first and [e["id"] for e in first["events"]] == kept + [live]
+    finally:
+        await server.close()
+        await connection.close()
+
+
+@pytest.mark.parametrize("recent_bytes,whole", [(64 << 20, True), (10 * 420, False)])
+async def test_a_resume_from_zero_reads_memory_when_it_holds_every_event(
+        fresh_dsn: str, recent_bytes: int, whole: bool) -> None:
+    """Recent history read at start is whole when the table held no more
+    than it: a resume from 0 is then served from memory alone; when the
+    table held more (here 30 events against room for about 10), 0 reads
+    the table until memory covers the rest. Every event once, in order."""
+    connection = await asyncpg.connect(fresh_dsn)
+    ids = [await publish(connection, STREAM, "t", {"k": n}) for n in range(30)]
+    server = TestServer(create_app(Settings(dsn=fresh_dsn, recent_bytes=recent_bytes)),
+                        host="127.0.0.1")
+    try:
+        await server.start_server()
+        hub = server.app[HUB]
+        await asyncio.wait_for(hub.started.wait(), 10)
+        assert hub.recent.whole is whole and (len(hub.recent) == 30) is whole
+        url = str(server.make_url(f"/streams/{STREAM}?last_event_id=0&live=false"))
+        async with open_stream(url) as sse:
+            messages = await sse.rest()
+        assert [envelope(m)["id"] for m in messages] == ids
+        assert (hub.stats.replayed_recent == 30) is whole
     finally:
         await server.close()
         await connection.close()

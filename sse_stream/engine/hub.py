@@ -140,9 +140,9 @@ class Hub:
         memory, not by a table read each)."""
         recent = self.recent
         if recent.budget:
-            events, self.watermark = await self.store.read_recent(
+            events, self.watermark, whole = await self.store.read_recent(
                 recent.budget // EVENT_OVERHEAD, recent.budget, EVENT_OVERHEAD)
-            recent.load(events, self.watermark)
+            recent.load(events, self.watermark, whole)
         else:
             self.watermark = await self.store.horizon()
             recent.reset(self.watermark)

@@ -112,6 +112,7 @@ class Recent:
         self.budget = budget  # bytes, about (0: off)
         self.start = ORIGIN
         self.end = ORIGIN
+        self.whole = False  # it holds every retained event: a resume from 0 too
         self.bytes = 0
         self._all = _Run()
         self._streams: dict[str, _Run] = {}
@@ -125,13 +126,20 @@ class Recent:
         self._streams = {}
         self.bytes = 0
         self.start = self.end = at
+        self.whole = False
 
-    def load(self, events: list[Event], end: Position) -> None:
+    def load(self, events: list[Event], end: Position, every: bool = False) -> None:
         """At start: the newest final events (oldest first) and the horizon
         they were read below. Whole from just before the oldest (an id is a
-        whole number: nothing lies between (xid, id - 1) and (xid, id))."""
+        whole number: nothing lies between (xid, id - 1) and (xid, id)).
+        With `every`, they are all the final events the table holds: a
+        resume from 0 ("from the oldest retained") is then served from
+        memory too, until the first eviction (retention's cuts do not end
+        it: the table loses the same events, and says so in the shared read
+        that forget_through follows)."""
         first = events[0].position if events else end
         self.reset(end if not events else Position(first.xid, first.id - 1))
+        self.whole = every and self.budget > 0
         self.extend(events, end)
 
     def extend(self, events: Iterable[Event], covered: Position) -> None:
@@ -154,10 +162,13 @@ class Recent:
 
     def forget_through(self, position: Position) -> None:
         """Retention deleted everything up to `position` from the table: a
-        resume there must learn it from a table read (sse.gap)."""
+        resume there must learn it from a table read (sse.gap). What is
+        left still holds every retained event if it did before."""
+        whole = self.whole
         while len(self._all) and _position(self._all.first()) <= position:
             self._evict()
         self.start = max(self.start, min(position, self.end))
+        self.whole = whole
 
     def _evict(self) -> None:
         item = self._all.first()
@@ -168,10 +179,16 @@ class Recent:
             del self._streams[item[STREAM]]
         self.bytes -= cost(item)
         self.start = position_of(item)
+        self.whole = False
 
     def covers(self, position: Position) -> bool:
-        """Whether a catch-up from `position` can be served from memory."""
-        return self.budget > 0 and self.start <= position <= self.end and position > ORIGIN
+        """Whether a catch-up from `position` can be served from memory:
+        from inside the ring, or from 0 when it holds every retained event
+        (any other position before it may lie before a retention cut, which
+        only the table can tell: sse.gap)."""
+        if not self.budget or position > self.end:
+            return False
+        return self.whole if position == ORIGIN else self.start <= position
 
     def after(self, position: Position, selector: Selector, max_bytes: int,
               max_events: int = 1000, max_scan: int = 10_000) -> tuple[list[Entry], Position]:
