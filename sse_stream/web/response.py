@@ -5,8 +5,7 @@ two changes. Its ping task, one timer per stream firing whether or not the
 stream is busy, is not started: the hub's single heartbeat walks the silent
 streams instead. And the hub writes without awaiting (`write_nowait`): one
 write per stream per wake-up, straight to the transport, with the
-transport's buffer size as the back-pressure signal.
-"""
+transport's buffer size as the back-pressure signal."""
 
 from __future__ import annotations
 
@@ -35,6 +34,12 @@ class SseResponse(EventSourceResponse):
         writer = await web.StreamResponse.prepare(self, request)
         self._chunked = bool(getattr(writer, "chunked", False))
         self._transport = request.transport
+        # aiohttp times every new connection out if no request arrives
+        # (`keepalive_timeout`), with a timer that stays armed while the
+        # request is handled. A stream outlives it: end it now. keep_alive()
+        # only cancels it here (a handler runs only on a keep-alive
+        # connection); the idle connection after the response gets a new one.
+        request.protocol.keep_alive(True)
         return writer
 
     async def start(self, preamble: bytes) -> None:
