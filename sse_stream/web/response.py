@@ -5,7 +5,11 @@ two changes. Its ping task, one timer per stream firing whether or not the
 stream is busy, is not started: the hub's single heartbeat walks the silent
 streams instead. And the hub writes without awaiting (`write_nowait`): one
 write per stream per wake-up, straight to the transport, with the
-transport's buffer size as the back-pressure signal."""
+transport's buffer size as the back-pressure signal.
+
+An idle stream is mostly memory (docs/scaling.md, idle streams), so once
+its headers are out it lets go of what only the start of a response needs.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import asyncio
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp_sse import EventSourceResponse
+from multidict import CIMultiDict
 
 from ..core.wire import Payload
 
@@ -45,6 +50,9 @@ class SseResponse(EventSourceResponse):
     async def start(self, preamble: bytes) -> None:
         """Send the headers with the first bytes (aiohttp buffers headers)."""
         await self.write(preamble)
+        # Sent: nothing reads them again (on_response_prepare ran before),
+        # and a stream holds on to its response for its whole life.
+        self._headers = CIMultiDict()
 
     def write_nowait(self, data: bytes | Payload) -> None:
         """Queue `data` on the socket now; raises StreamClosed if it is gone."""
