@@ -50,27 +50,27 @@ class Signal:
 
     def set(self) -> None:
         self._set = True
-        waiter = self._waiter
+        waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def clear(self) -> None:
         self._set = False
 
-    async def wait(self) -> bool:
-        if self._set:
-            return True
+    def wait(self) -> asyncio.Future[None]:
+        """A future done once the signal is set (already done if it is).
+
+        A plain method, not a coroutine: an idle stream's task awaits the
+        future itself, all its life, with no coroutine frame in between.
+        One waiter at a time: a cancelled wait (a timeout) cancels the
+        future, and the next wait makes another.
+        """
         waiter = self._waiter
         if waiter is None or waiter.done():
             waiter = self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            # One waiter at a time: a cancelled wait (a timeout) cancels the
-            # future, and the next wait makes another.
-            await waiter
-        finally:
-            if waiter.done():
-                self._waiter = None
-        return True
+            if self._set:
+                waiter.set_result(None)
+        return waiter
 
 
 Waitable = asyncio.Event | Signal
