@@ -210,6 +210,10 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     """GET /streams/{streams}: the SSE stream."""
     _check_params(request, _SUBSCRIBE_PARAMS)
     selector, grant = await authorized_selector(request)
+    # This frame lives as long as the stream: it keeps the token's expiry,
+    # not its claims (nor, below, an address object or the preamble).
+    expires_at = grant.expires_at if grant is not None else None
+    del grant
     start = _start_position(request)
     cloudevents = _cloudevents(request)
     live = request.query.get("live", "true")
@@ -220,13 +224,10 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     if hub.closing:
         return problem(503, "the server is shutting down", headers={"Retry-After": "1"})
 
-    address = client_address(request)
-    client = str(address) if address is not None else (request.remote or "")
-    group = client_group(address) if address is not None else client
+    client, group = _client_and_group(request)
     open_streams = request.app[OPEN_STREAMS]
     open_streams.open(group, settings)
     try:
-        preamble = retry_frame(settings.retry)
         if start is None:
             # New events only: those committed before this request stay out,
             # and the position is fixed before the headers go out, so a
@@ -234,13 +235,14 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
             # The bare id line lets a client that reconnects before its
             # first event resume from here instead of starting afresh.
             here = await hub.fresh_position()
-            preamble += id_frame(here)
+        else:
+            here = start
         response = SseResponse()
         await response.prepare(request)
-        await response.start(preamble)
-        subscription = Subscription(selector, response, here if start is None else start,
-                                    client, cloudevents=cloudevents,
-                                    expires_at=grant.expires_at if grant else None)
+        await response.start(retry_frame(settings.retry)
+                             + (id_frame(here) if start is None else b""))
+        subscription = Subscription(selector, response, here, client, cloudevents=cloudevents,
+                                    expires_at=expires_at)
         # One line at open and one at close, key=value (logfmt) for log pipelines.
         log.info("stream opened peer=%s streams=%s start=%s live=%s", subscription.peer,
                  subscription.streams, start.encode() if start is not None else "live", live)
@@ -260,6 +262,17 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         open_streams.close(group)
+
+
+def _client_and_group(request: web.Request) -> tuple[str, str]:
+    """The client's address (for logs) and what the per-client limit counts it
+    by: the same string object when they are equal (an IPv4 client)."""
+    address = client_address(request)
+    if address is None:
+        client = request.remote or ""
+        return client, client
+    client, group = str(address), client_group(address)
+    return client, client if group == client else group
 
 
 def page_limit(request: web.Request) -> int:
