@@ -1,7 +1,8 @@
 """aiohttp handlers: parse and check the request, then hand over to the hub.
 
-Every refusal is an Refusal (or an HTTP error) turned into one
-application/problem+json response by `problem_middleware`.
+Every refusal is a Refusal (or an HTTP error) turned into one
+application/problem+json response (problems.py) by `problem_middleware`,
+or for a stream by `subscribe` itself.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from aiohttp import web
@@ -36,6 +37,7 @@ from ..db.listener import Listener
 from ..db.store import EventStore
 from ..engine.hub import Hub
 from ..engine.subscription import Subscription
+from .problems import answer
 from .response import SseResponse
 
 log = logging.getLogger(__name__)
@@ -57,55 +59,35 @@ _PAGE_PARAMS = {"type", "after", "limit", "or", "format", "access_token"}
 FORMATS = ("envelope", "cloudevents")
 
 
-def problem(status: int, detail: str, param: str | None = None,
-            headers: dict[str, str] | None = None,
-            extensions: dict[str, Any] | None = None) -> web.Response:
-    """An RFC 9457 problem document (with extension members, if any)."""
-    body: dict[str, Any] = {**(extensions or {}), "type": "about:blank",
-                            "title": _title(status), "status": status, "detail": detail}
-    if param is not None:
-        body["param"] = param
-    return web.Response(status=status, body=orjson.dumps(body), headers=headers,
-                        content_type="application/problem+json")
-
-
-def _title(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
 @web.middleware
-async def problem_middleware(request: web.Request,
-                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                             ) -> web.StreamResponse:
+def problem_middleware(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> Awaitable[web.StreamResponse]:
+    """Every refusal as one problem document (problems.answer).
+
+    A stream's handler gets the request directly, not under a coroutine of
+    this middleware: that frame would stay under every open stream for all
+    its life. `subscribe` answers its refusals itself, in the same way.
+    """
+    if handler is subscribe:
+        return subscribe(request)
+    return _answering(request, handler)
+
+
+async def _answering(request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
     try:
-        limit = request.app[SETTINGS].max_query
-        if len(request.query_string) > limit:
-            raise Refusal("query", f"the query string is longer than {limit} bytes",
-                          status=414)
+        _check_query(request)
         return await handler(request)
-    except Refusal as error:
-        return problem(error.status, error.detail, error.param, headers=error.headers)
-    except DatabaseUnavailable:
-        return problem(503, "the database is unavailable; retry shortly",
-                       headers={"Retry-After": "2"})
-    except Overloaded as error:
-        return problem(503, error.detail, headers={"Retry-After": str(error.retry_after)})
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        detail = error.text if error.text and not error.text.startswith(str(error.status)) else \
-            f"{request.method} {request.path}: {error.reason}"
-        return problem(error.status, detail, headers={k: v for k, v in error.headers.items()
-                                                       if k in ("Allow", "Retry-After")})
-    except Exception:
-        # The detail stays in the log; the client learns only that it failed.
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return problem(500, "an unexpected error occurred; it has been logged")
+    except Exception as error:
+        return answer(request, error)
+
+
+def _check_query(request: web.Request) -> None:
+    limit = request.app[SETTINGS].max_query
+    if len(request.query_string) > limit:
+        raise Refusal("query", f"the query string is longer than {limit} bytes", status=414)
 
 
 def client_address(request: web.Request) -> Address | None:
@@ -207,13 +189,44 @@ def _cloudevents(request: web.Request) -> bool:
 
 
 async def subscribe(request: web.Request) -> web.StreamResponse:
-    """GET /streams/{streams}: the SSE stream."""
+    """GET /streams/{streams}: the SSE stream.
+
+    Called without problem_middleware around it (see there): the refusals,
+    all before the stream starts, are answered here. This frame lives as
+    long as the stream, so it holds only what the stream needs.
+    """
+    try:
+        _check_query(request)
+        subscription, response, group, live, replay = await _open_stream(request)
+    except Exception as error:
+        return answer(request, error)
+    try:
+        try:
+            await request.app[HUB].serve(subscription, live=live, replay=replay)
+        except (ConnectionError, DatabaseUnavailable):
+            pass
+        except Exception:
+            # Headers are sent: no problem document can follow. The stream
+            # ends; the client reconnects with its Last-Event-ID.
+            log.exception("stream failed peer=%s streams=%s", subscription.peer,
+                          subscription.streams)
+        finally:
+            log.info("stream closed peer=%s streams=%s events=%d bytes=%d seconds=%.3f",
+                     subscription.peer, subscription.streams, subscription.events_sent,
+                     subscription.bytes_sent, time.monotonic() - subscription.opened)
+        await response.finish()
+        return response
+    finally:
+        request.app[OPEN_STREAMS].close(group)
+
+
+async def _open_stream(request: web.Request
+                       ) -> tuple[Subscription, SseResponse, str, bool, bool]:
+    """Check the request, count it against its client's limit and start the
+    stream: its subscription and response, the client's group, whether to
+    follow live events and whether to replay from a position."""
     _check_params(request, _SUBSCRIBE_PARAMS)
     selector, grant = await authorized_selector(request)
-    # This frame lives as long as the stream: it keeps the token's expiry,
-    # not its claims (nor, below, an address object or the preamble).
-    expires_at = grant.expires_at if grant is not None else None
-    del grant
     start = _start_position(request)
     cloudevents = _cloudevents(request)
     live = request.query.get("live", "true")
@@ -222,12 +235,13 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
     if hub.closing:
-        return problem(503, "the server is shutting down", headers={"Retry-After": "1"})
+        raise Overloaded("the server is shutting down")
 
     client, group = _client_and_group(request)
     open_streams = request.app[OPEN_STREAMS]
     open_streams.open(group, settings)
     try:
+        preamble = retry_frame(settings.retry)
         if start is None:
             # New events only: those committed before this request stay out,
             # and the position is fixed before the headers go out, so a
@@ -235,33 +249,20 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
             # The bare id line lets a client that reconnects before its
             # first event resume from here instead of starting afresh.
             here = await hub.fresh_position()
-        else:
-            here = start
+            preamble += id_frame(here)
         response = SseResponse()
         await response.prepare(request)
-        await response.start(retry_frame(settings.retry)
-                             + (id_frame(here) if start is None else b""))
-        subscription = Subscription(selector, response, here, client, cloudevents=cloudevents,
-                                    expires_at=expires_at)
-        # One line at open and one at close, key=value (logfmt) for log pipelines.
-        log.info("stream opened peer=%s streams=%s start=%s live=%s", subscription.peer,
-                 subscription.streams, start.encode() if start is not None else "live", live)
-        try:
-            await hub.serve(subscription, live=live == "true", replay=start is not None)
-        except (ConnectionError, DatabaseUnavailable):
-            pass
-        except Exception:
-            # Headers are sent: no problem document can follow. The stream
-            # ends; the client reconnects with its Last-Event-ID.
-            log.exception("stream failed peer=%s streams=%s", client, subscription.streams)
-        finally:
-            log.info("stream closed peer=%s streams=%s events=%d bytes=%d seconds=%.3f",
-                     subscription.peer, subscription.streams, subscription.events_sent,
-                     subscription.bytes_sent, time.monotonic() - subscription.opened)
-        await response.finish()
-        return response
-    finally:
+        await response.start(preamble)
+        subscription = Subscription(selector, response, here if start is None else start,
+                                    client, cloudevents=cloudevents,
+                                    expires_at=grant.expires_at if grant else None)
+    except BaseException:
         open_streams.close(group)
+        raise
+    # One line at open and one at close, key=value (logfmt) for log pipelines.
+    log.info("stream opened peer=%s streams=%s start=%s live=%s", subscription.peer,
+             subscription.streams, start.encode() if start is not None else "live", live)
+    return subscription, response, group, live == "true", start is not None
 
 
 def _client_and_group(request: web.Request) -> tuple[str, str]:

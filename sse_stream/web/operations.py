@@ -6,7 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .handlers import ACCESS, HUB, LISTENER, REGISTRY, SETTINGS, problem
+from .handlers import ACCESS, HUB, LISTENER, REGISTRY, SETTINGS
+from .problems import problem
 
 
 async def metrics(request: web.Request) -> web.Response:
