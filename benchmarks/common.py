@@ -242,9 +242,15 @@ async def publish_elsewhere(dsn: str, stream: str, rate: float, seconds: float, 
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
         return await asyncio.get_running_loop().run_in_executor(
             pool, _publish_process, dsn, stream, rate, seconds, batch, users, per_user, per_tx)
+    finally:
+        # Off the loop: a blocking shutdown (the `with` block's) stalled the
+        # load generator's loop for the worker's exit, some 30 ms, just as
+        # the last events arrived, and counted it as their latency.
+        await asyncio.to_thread(pool.shutdown)
 
 
 async def load_rows(dsn: str, stream: str, count: int) -> float:
