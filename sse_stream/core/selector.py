@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-from .events import Event
 from .filters import AnyOf, Condition, DataFilter
 from .patterns import StreamPattern, TypeFilter
 
@@ -31,6 +30,20 @@ FIRST_SELECTOR_PARAM = 6
 Terms = tuple[Condition | AnyOf, ...]  # data filters, ANDed (DataFilter.terms)
 
 
+class Tested(Protocol):
+    """What a selector tests of an event: an Event, or recent history's view
+    of one of its entries (engine/recent.py), which builds no envelope."""
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def data(self) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Part:
     """Some patterns of a selector and the data filter their events must pass
@@ -40,7 +53,7 @@ class Part:
     patterns: tuple[StreamPattern, ...]
     data: DataFilter | None = None
 
-    def accepts(self, event: Event) -> bool:
+    def accepts(self, event: Tested) -> bool:
         return any(p.matches(event.stream) for p in self.patterns) and \
             (self.data is None or self.data.matches(event.data))
 
@@ -64,7 +77,7 @@ class Selector:
     def matches_stream(self, stream: str) -> bool:
         return any(p.matches(stream) for p in self.patterns)
 
-    def accepts(self, event: Event) -> bool:
+    def accepts(self, event: Tested) -> bool:
         """Types and data only: the hub has matched the stream already."""
         if self.types is not None and not self.types.matches(event.type):
             return False

@@ -30,9 +30,9 @@ import heapq
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
-from typing import Final
+from typing import Any, Final
 
-from ..core.events import ORIGIN, Event, Position
+from ..core.events import ORIGIN, Event, Position, decode_data
 from ..core.selector import Selector
 from ..core.wire import event_frame
 
@@ -49,6 +49,7 @@ TYPE: Final = 3
 DATA: Final = 4
 FRAME: Final = 7
 _position = itemgetter(0, 1)  # an entry's position, as a plain tuple
+_UNSET: Any = object()
 
 
 def entry(event: Event) -> Entry:
@@ -63,10 +64,31 @@ def position_of(item: Entry) -> Position:
 
 
 def event_of(item: Entry) -> Event:
-    """The Event again, for a data filter or another frame."""
+    """The Event again, for another frame."""
     event = Event.from_row(*item[:FRAME])
     event.frame = item[FRAME]
     return event
+
+
+class _Tested:
+    """What a data filter tests of an entry (core/selector.Tested): its
+    stream, type and data, decoded on first use. Cheaper than the Event
+    again (whose envelope a test never reads) for every entry a data-filtered
+    resume examines."""
+
+    __slots__ = ("stream", "type", "_raw", "_data")
+
+    def __init__(self, item: Entry) -> None:
+        self.stream = item[STREAM]
+        self.type = item[TYPE]
+        self._raw = item[DATA]
+        self._data: Any = _UNSET
+
+    @property
+    def data(self) -> Any:
+        if self._data is _UNSET:
+            self._data = decode_data(self._raw)
+        return self._data
 
 
 def frame_of(item: Entry, cloudevents: bool) -> bytes:
@@ -203,8 +225,8 @@ class Recent:
         Exact stream names read only their streams' entries; a selector
         with a wildcard reads the ring in order, testing each entry's stream
         (a walk over every stream name instead would cost as many tests as
-        the ring has streams, per page). An Event is made again only for a
-        data filter to test."""
+        the ring has streams, per page). A data filter tests a view of the
+        entry (`_Tested`), its data decoded for it."""
         candidates: Iterable[Entry]
         if all(pattern.is_exact for pattern in selector.patterns):
             runs = [run for run in map(self._streams.get, dict.fromkeys(
@@ -233,7 +255,7 @@ class Recent:
             elif by_data:
                 try:
                     # A test that raises counts as no match, as live.
-                    accepted = selector.accepts(event_of(item))
+                    accepted = selector.accepts(_Tested(item))
                 except Exception:
                     accepted = False
             else:
